@@ -1,0 +1,39 @@
+# The README's commands. Each one does all set-up on a fresh machine first.
+#   make demo   -- the main job on the embedded default
+#   make test   -- the test suite (what CI runs, via .ci/run)
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# torch comes from this machine's local wheels (pip is capped at these); override elsewhere.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed $(FMNIST)
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# Fashion-MNIST (the embedded demo data set) is Debian's package dataset-fashion-mnist.
+$(FMNIST):
+	@if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null); \
+	else sudo apt-get install -y -q dataset-fashion-mnist; fi
+
+demo: setup
+	$(BIN)/convnext info convnext_tiny
+	$(BIN)/convnext bench convnext_tiny --batch-size 16 --compare timm
+
+test: setup
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+bench: setup
+	$(BIN)/python benchmarks/bench_cpu.py
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,9 @@
+"""convnext: ConvNeXt ("A ConvNet for the 2020s", Liu et al., CVPR 2022) in PyTorch.
+
+    import convnext
+    model = convnext.create_model("convnext_tiny", pretrained=True)
+"""
+from convnext.model import VARIANTS, ConvNeXt, ConvNeXtIsotropic, create_model, get_variant, list_models
+
+__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "get_variant", "list_models"]
+__version__ = "0.1.0"
