@@ -114,9 +114,10 @@ class _Classifier(nn.Module):
     def _finish_init(self, head_init_scale: float) -> None:
         self.grad_checkpointing = False
         self.apply(_init_weights)
-        with torch.no_grad():  # a small head for fine-tuning (Table 6: head init scale 0.001)
-            self.head.weight.mul_(head_init_scale)
-            self.head.bias.mul_(head_init_scale)
+        if isinstance(self.head, nn.Linear):
+            with torch.no_grad():  # a small head for fine-tuning (Table 6: head init scale 0.001)
+                self.head.weight.mul_(head_init_scale)
+                self.head.bias.mul_(head_init_scale)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.norm(x.mean((-2, -1)))  # global average pool, then LN (§2.2: LN after the final pool)
@@ -201,7 +202,7 @@ class ConvNeXt(_Classifier):
             )
         self.norm = nn.LayerNorm(dims[-1], eps=LN_EPS)  # on the pooled vector
         self.head = nn.Linear(dims[-1], num_classes) if num_classes > 0 else nn.Identity()
-        self._finish_init(head_init_scale if num_classes > 0 else 1.0)
+        self._finish_init(head_init_scale)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, dims[-1], H/32, W/32), before pooling."""
@@ -254,7 +255,7 @@ class ConvNeXtIsotropic(_Classifier):
         self.blocks = nn.Sequential(*[Block(dim, rates[j], layer_scale_init_value) for j in range(depth)])
         self.norm = nn.LayerNorm(dim, eps=LN_EPS)
         self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self._finish_init(head_init_scale if num_classes > 0 else 1.0)
+        self._finish_init(head_init_scale)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, dim, H/16, W/16), before pooling."""
@@ -350,6 +351,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     layer_scale_init_value: float | None = None,
     head_init_scale: float = 1.0,
+    kernels: str = "torch",
     **kwargs,
 ) -> ConvNeXt | ConvNeXtIsotropic:
     """Build a ConvNeXt by name, optionally with official weights.
@@ -378,6 +380,12 @@ def create_model(
     else:
         model = ConvNeXt(depths=variant.depths, dims=variant.dims, **common)
     model.arch = arch  # type: ignore[attr-defined]
+    if kernels not in ("torch", "triton"):
+        raise UserError(f"unknown kernels {kernels!r}; choose 'torch' or 'triton'")
+    if kernels == "triton":  # fused Triton kernels for every Block (convnext/kernels); same state dict
+        from convnext.kernels import use_kernels
+
+        use_kernels(model)
     if pretrained:
         from convnext.weights import load_pretrained
 
