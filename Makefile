@@ -14,7 +14,6 @@ setup: $(VENV)/.installed $(FMNIST)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
@@ -26,14 +25,14 @@ $(FMNIST):
 	else sudo apt-get install -y -q dataset-fashion-mnist; fi
 
 demo: setup
-	$(BIN)/convnext info convnext_tiny
-	$(BIN)/convnext bench convnext_tiny --batch-size 16 --compare timm
+	$(BIN)/convnext train --config demo --out runs/demo
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 bench: setup
-	$(BIN)/python benchmarks/bench_cpu.py
+	$(BIN)/convnext bench convnext_tiny --batch-size 16 --compare timm --json benchmarks/results/cpu_tiny_eager.json
+	$(BIN)/convnext bench convnext_tiny --batch-size 16 --channels-last --compare timm --json benchmarks/results/cpu_tiny_cl.json
 
 clean:
 	rm -rf $(VENV) *.egg-info

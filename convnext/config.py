@@ -1,0 +1,251 @@
+"""Training recipes as frozen dataclasses whose defaults are the paper's ImageNet-1K recipe (Table 5).
+
+Experiments are small Python files under configs/ that build a `Config` (big_vision style); the command line
+only overrides keys (`optim.lr=1e-3`), and an unknown key or a value of the wrong type is a UserError.
+Derived values (effective batch, scaled lr, steps per epoch, warm-up steps) are computed once, in `derive`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from convnext.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "convnext_tiny"
+    drop_path: float = 0.1  # Table 5: T 0.1, S 0.4, B 0.5, L 0.5
+    layer_scale: float | None = None  # None: the variant's default (1e-6; 0 for isotropic S/B, §A.1)
+    head_init_scale: float = 1.0  # Table 6: 0.001 when fine-tuning
+    in_chans: int = 3
+    init: str = ""  # fine-tune from: a registry tag, an official checkpoint or one of ours ("" = from scratch)
+    init_key: str = "model"  # which weights of `init` to start from: "model" or "model_ema" (§A.2)
+    grad_checkpointing: bool = False
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "imagefolder"  # imagefolder (root/train, root/val) | fashion_mnist (the embedded demo)
+    root: str = ""
+    img_size: int = 224
+    batch_size: int = 128  # per device (TRAINING.md: 128 x 32 GPUs for T/S/B)
+    workers: int = 8
+    # augmentation (Table 5); the names are timm's, which the paper used
+    randaug: str = "rand-m9-mstd0.5-inc1"
+    color_jitter: float = 0.4  # official main.py default (ignored by timm when RandAugment is on)
+    reprob: float = 0.25  # random erasing
+    hflip: float = 0.5
+    scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop
+    mixup: float = 0.8
+    cutmix: float = 1.0
+    mixup_switch_prob: float = 0.5
+    smoothing: float = 0.1
+    crop_pct: float | None = None  # eval crop; None = 0.875 below 384, 1.0 (no crop) at 384 and above
+    skip_bad_images: bool = False  # opt-in: skip and count unreadable images instead of stopping
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 4e-3  # Table 5, for a batch of `lr_batch`
+    lr_batch: int = 4096  # the batch `lr` is given for; scaled linearly to the effective batch (see derive)
+    scale_lr: bool = True  # False: use `lr` as is (what the official main.py does)
+    min_lr: float = 1e-6
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_epochs: float = 20.0
+    layer_decay: float = 1.0  # Table 6: 0.7 (1K->384), 0.8 (22K->1K); 1.0 = off
+    clip_grad: float = 0.0  # max global grad norm; 0 = off (Table 5: none). Applied in every precision
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 300
+    accum_steps: int = 1  # gradient accumulation (the official --update_freq)
+    precision: str = "bf16"  # fp32 | bf16 | fp16 (autocast; GradScaler only for fp16)
+    channels_last: bool = True
+    compile: bool = False
+    ema_decay: float = 0.9999  # 0 = no EMA (roadmap runs: §2 "EMA severely hurts models with BatchNorm")
+    seed: int = 0
+    eval_every: int = 1  # epochs
+    ckpt_every_steps: int = 0  # also write `last` every N optimizer steps (0 = at epoch ends only)
+    log_every: int = 50  # steps, for plain-text progress when not on a terminal
+    max_steps: int = 0  # stop after this many optimizer steps (0 = the whole schedule); for tests and smoke runs
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# Stochastic depth per model (Table 5, IN-1K; isotropic from TRAINING.md)
+DROP_PATH_IN1K = {"convnext_tiny": 0.1, "convnext_small": 0.4, "convnext_base": 0.5, "convnext_large": 0.5,
+                  "convnext_isotropic_small": 0.1, "convnext_isotropic_base": 0.2, "convnext_isotropic_large": 0.5}
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace for nested keys: replace(cfg, **{"optim.lr": 1e-3})."""
+    nested: dict[str, dict] = {}
+    flat = {}
+    for key, value in changes.items():
+        head, _, rest = key.partition(".")
+        if rest:
+            nested.setdefault(head, {})[rest] = value
+        else:
+            flat[key] = value
+    for head, sub in nested.items():
+        flat[head] = replace(getattr(cfg, head), **sub)
+    return dataclasses.replace(cfg, **flat)
+
+
+def _field_types(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parse_value(text: str, typ, key: str):
+    """Parse an override's text as the field's declared type; a mismatch is a UserError."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if type(None) in args and text.lower() in ("none", "null"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse_value(text, inner[0], key)
+    if typ is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise UserError(f"{key} takes true or false, not {text!r}")
+    if origin is tuple:
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        if len(parts) != len(args):
+            raise UserError(f"{key} takes {len(args)} comma-separated values, not {text!r}")
+        return tuple(_parse_value(p.strip(), a, key) for a, p in zip(args, parts))
+    try:
+        if typ is int:
+            return int(text)
+        if typ is float:
+            return float(text)
+    except ValueError:
+        raise UserError(f"{key} takes {'an integer' if typ is int else 'a number'}, not {text!r}") from None
+    if typ is str:
+        return text
+    raise UserError(f"{key} cannot be set from the command line")
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` overrides, checking every key and type against the dataclasses."""
+    changes = {}
+    for item in overrides:
+        key, eq, text = item.partition("=")
+        if not eq:
+            raise UserError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=1e-3)")
+        section, _, name = key.partition(".")
+        sections = {f.name: f for f in dataclasses.fields(Config)}
+        if section not in sections or not name:
+            raise UserError(f"unknown config key {key!r}; sections are {', '.join(sections)} (e.g. optim.lr)")
+        sub = getattr(cfg, section)
+        types = _field_types(type(sub))
+        if name not in types:
+            raise UserError(f"unknown config key {key!r}; {section} has: {', '.join(types)}")
+        changes[key] = _parse_value(text, types[name], key)
+    return replace(cfg, **changes) if changes else cfg
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_config(spec: str) -> Config:
+    """`spec` is a config file (`configs/in1k.py`), optionally with an argument (`configs/in1k.py:small`),
+    or the bare name of a file in configs/ (`demo`, `in1k:small`). The file defines get_config(arg)."""
+    path_text, _, arg = spec.partition(":")
+    path = Path(path_text)
+    if not path.suffix:
+        path = CONFIG_DIR / f"{path_text}.py"
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_")))
+        raise UserError(f"config {spec!r} not found (looked for {path}); the shipped configs are: {known}")
+    module_spec = importlib.util.spec_from_file_location(f"convnext_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise UserError(f"config file {path} defines no get_config(arg) function")
+    cfg = module.get_config(arg) if arg else module.get_config()
+    if not isinstance(cfg, Config):
+        raise UserError(f"get_config in {path} returned {type(cfg).__name__}, not a convnext.config.Config")
+    return cfg
+
+
+@dataclass(frozen=True)
+class Derived:
+    """What follows from the config and the launch; computed once, printed once, stored in every checkpoint."""
+
+    world_size: int
+    effective_batch: int  # per device x world x accumulation
+    lr: float  # the peak learning rate actually used
+    lr_rule: str
+    steps_per_epoch: int  # optimizer steps
+    total_steps: int
+    warmup_steps: int
+
+    def describe(self) -> str:
+        return (
+            f"effective batch {self.effective_batch} (= per-device batch x {self.world_size} processes x accumulation); "
+            f"lr {self.lr:.3g} ({self.lr_rule}); {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
+            f"{self.warmup_steps} warm-up steps"
+        )
+
+
+def derive(cfg: Config, num_train: int, world_size: int) -> Derived:
+    batch = cfg.data.batch_size * world_size * cfg.train.accum_steps
+    # The official train loader drops the last partial batch: len(dataset) // total batch steps per epoch.
+    steps_per_epoch = num_train // batch
+    if steps_per_epoch == 0:
+        raise UserError(f"the training set has {num_train} images, fewer than one effective batch of {batch}")
+    if cfg.optim.scale_lr:
+        lr = cfg.optim.lr * batch / cfg.optim.lr_batch
+        rule = f"linear scaling: {cfg.optim.lr:g} x {batch} / {cfg.optim.lr_batch}"
+    else:
+        lr = cfg.optim.lr
+        rule = "as given, not scaled (optim.scale_lr=false)"
+    total = steps_per_epoch * cfg.train.epochs
+    return Derived(
+        world_size=world_size, effective_batch=batch, lr=lr, lr_rule=rule, steps_per_epoch=steps_per_epoch,
+        total_steps=total, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+    )
+
+
+def dumps(cfg: Config, derived: Derived | None = None) -> str:
+    out = {"config": cfg.to_dict()}
+    if derived is not None:
+        out["derived"] = dataclasses.asdict(derived)
+    return json.dumps(out, indent=2)
+
+
+def from_dict(d: dict) -> Config:
+    """Rebuild a Config from `to_dict()` output (tuples come back from JSON as lists)."""
+    def build(cls, values):
+        types = _field_types(cls)
+        kw = {}
+        for k, v in values.items():
+            if k not in types:
+                raise UserError(f"unknown config key {k!r} in a stored config")
+            kw[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kw)
+
+    return Config(
+        model=build(ModelConfig, d["model"]), data=build(DataConfig, d["data"]),
+        optim=build(OptimConfig, d["optim"]), train=build(TrainConfig, d["train"]),
+    )

@@ -1,0 +1,384 @@
+"""Datasets, the paper's transforms, mixup/cutmix, and a sampler that makes every run resumable.
+
+Two data sources with one interface (`Data`):
+- `ImageFolderData`: the ImageNet layout (root/train/<class>/*, root/val/<class>/*), decoded by PIL in
+  DataLoader workers, with timm's training transform (what the paper used) and the official eval transform.
+- `TensorData`: an in-memory set (the embedded Fashion-MNIST demo), augmented batch-wise with torch ops.
+
+Determinism (needed for resume-equals-continuous and for 1-process == N-process tests): the order of an epoch
+is a permutation seeded by (seed, epoch); optimizer step t, micro-batch m, rank r reads a fixed slice of it;
+every sample's augmentation is seeded by (seed, epoch, position), whichever worker decodes it; mixup is seeded
+per step. So resuming at step t replays exactly what an uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from convnext.errors import UserError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    return (seed * 1_000_003 + epoch * 100_003 + position) % (2**31 - 1)
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    return (seed * 7_919 + step * 104_729 + rank * 15_485_863 + 17) % (2**31 - 1)
+
+
+def seed_everything(s: int) -> None:
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(sample_seed(seed, epoch, 0))
+    return torch.randperm(n, generator=g)
+
+
+def micro_batch_slices(step_range: range, accum: int, world: int, rank: int, batch: int):
+    """Global positions read by `rank` for each micro-batch of each optimizer step in `step_range`."""
+    for t in step_range:
+        for m in range(accum):
+            start = ((t * accum + m) * world + rank) * batch
+            yield t, m, slice(start, start + batch)
+
+
+# ---------------------------------------------------------------------------------------------- transforms
+
+
+def eval_transform(img_size: int, mean, std, crop_pct: float | None = None, interpolation: str = "bicubic"):
+    """The official eval protocol: below 384, resize to size/crop_pct (0.875) and centre-crop; at 384 and above,
+    resize to (size, size) without crop (paper §A.2, official datasets.py)."""
+    from torchvision import transforms as T
+
+    mode = T.InterpolationMode(interpolation)
+    crop_pct = default_crop_pct(img_size) if crop_pct is None else crop_pct
+    if crop_pct >= 1.0:
+        resize = [T.Resize((img_size, img_size), interpolation=mode)]
+    else:
+        resize = [T.Resize(int(img_size / crop_pct), interpolation=mode), T.CenterCrop(img_size)]
+    return T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def default_crop_pct(img_size: int) -> float:
+    return 1.0 if img_size >= 384 else 0.875
+
+
+def train_transform(cfg, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+    """The paper's training transform through timm (what the official code used): RandomResizedCrop (bicubic),
+    flip, RandAugment `rand-m9-mstd0.5-inc1`, normalise, random erasing 0.25 (pixel mode)."""
+    from timm.data import create_transform
+
+    t = create_transform(
+        input_size=cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip,
+        color_jitter=cfg.color_jitter or None, auto_augment=cfg.randaug or None, interpolation="bicubic",
+        mean=mean, std=std, re_prob=cfg.reprob, re_mode="pixel", re_count=1,
+    )
+    clamp_posterize(t)
+    return t
+
+
+def clamp_posterize(transform) -> int:
+    """Keep RandAugment's Posterize ops at >= 1 bit; returns how many ops were wrapped.
+
+    timm's `rand-m9-mstd0.5-inc1` can ask PosterizeIncreasing for 0 bits (magnitude 10 after the noise).
+    Pillow < 13 returned a black image there; Pillow 13 raises ValueError, intermittently, inside a DataLoader
+    worker. We clamp to 1 bit (a two-level image): the one deviation from the paper's augmentation, and only
+    at the rare extreme magnitude. Done per transform object, not by patching timm globally.
+    """
+    wrapped = 0
+    for t in getattr(transform, "transforms", []):
+        for op in getattr(t, "ops", []):
+            if "Posterize" in getattr(op, "name", "") and op.level_fn is not None:
+                op.level_fn = _AtLeastOneBit(op.level_fn)
+                wrapped += 1
+    return wrapped
+
+
+class _AtLeastOneBit:
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        (bits,) = self.fn(*args, **kwargs)
+        return (max(1, int(bits)),)
+
+
+def mixup_fn(cfg, num_classes: int):
+    """timm's Mixup/CutMix (batch mode) with label smoothing folded into the soft targets; None when off."""
+    if cfg.mixup <= 0 and cfg.cutmix <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=cfg.mixup_switch_prob,
+                 mode="batch", label_smoothing=cfg.smoothing, num_classes=num_classes)
+
+
+# ---------------------------------------------------------------------------------------------- data sources
+
+
+@dataclass
+class Preprocessing:
+    """What a model trained on this data expects at inference; stored in every checkpoint."""
+
+    img_size: int
+    mean: tuple
+    std: tuple
+    crop_pct: float
+    in_chans: int
+    interpolation: str = "bicubic"
+
+
+class Data:
+    num_classes: int
+    class_names: list[str]
+    num_train: int
+    num_eval: int
+    preprocessing: Preprocessing
+    skipped: int = 0
+
+    def train_batches(self, epoch: int, steps: range, accum: int, world: int, rank: int) -> Iterator:
+        raise NotImplementedError  # pragma: no cover - interface
+
+    def eval_batches(self, world: int, rank: int) -> Iterator:
+        raise NotImplementedError  # pragma: no cover - interface
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """An MNIST-style idx file (gzipped or not) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read {path}: {e}") from None
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != math.prod(shape):
+        raise UserError(f"{path} is truncated: expected {math.prod(shape)} values, found {data.size}")
+    return data.reshape(shape)
+
+
+def load_fashion_mnist(root: Path = FASHION_MNIST_DIR):
+    root = Path(root)
+    files = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        for kind in ("images", "labels"):
+            stem = f"{prefix}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
+            path = next((p for p in (root / f"{stem}.gz", root / stem) if p.exists()), None)
+            if path is None:
+                raise UserError(
+                    f"Fashion-MNIST not found in {root}: install it with `apt-get install dataset-fashion-mnist` "
+                    f"(or `make setup`), or set data.root to a folder holding the four idx files"
+                )
+            files[split, kind] = _read_idx(path)
+    return (torch.from_numpy(files["train", "images"].copy()), torch.from_numpy(files["train", "labels"].astype(np.int64)),
+            torch.from_numpy(files["test", "images"].copy()), torch.from_numpy(files["test", "labels"].astype(np.int64)))
+
+
+class TensorData(Data):
+    """An in-memory uint8 image set (N, H, W) or (N, C, H, W), augmented per batch with torch ops:
+    zero-pad to `img_size`, random translation by up to `shift` pixels, horizontal flip. The demo's
+    augmentation is deliberately light: a 2-core, 10-minute budget is far from the paper's 300 epochs."""
+
+    def __init__(self, x_train, y_train, x_eval, y_eval, class_names, img_size, mean, std, batch_size,
+                 shift: int = 2, hflip: float = 0.5, seed: int = 0):
+        self.x_train, self.y_train = self._nchw(x_train), y_train
+        self.x_eval, self.y_eval = self._nchw(x_eval), y_eval
+        self.class_names, self.num_classes = list(class_names), len(class_names)
+        self.num_train, self.num_eval = len(self.y_train), len(self.y_eval)
+        self.batch_size, self.shift, self.hflip, self.seed = batch_size, shift, hflip, seed
+        c = self.x_train.shape[1]
+        self.preprocessing = Preprocessing(img_size, tuple(mean), tuple(std), 1.0, c)
+        self.mean = torch.tensor(mean).view(1, -1, 1, 1) * 255
+        self.std = torch.tensor(std).view(1, -1, 1, 1) * 255
+
+    @staticmethod
+    def _nchw(x):
+        return x[:, None] if x.ndim == 3 else x
+
+    def _pad(self, x):
+        h, w = x.shape[-2:]
+        size = self.preprocessing.img_size
+        top, left = (size - h) // 2, (size - w) // 2
+        return torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top))
+
+    def _normalize(self, x):
+        return (x.float() - self.mean) / self.std
+
+    def _augment(self, x, g: torch.Generator):
+        n = x.shape[0]
+        s = self.shift
+        if s:
+            padded = torch.nn.functional.pad(x, (s, s, s, s))
+            dy = torch.randint(0, 2 * s + 1, (n,), generator=g)
+            dx = torch.randint(0, 2 * s + 1, (n,), generator=g)
+            h, w = x.shape[-2:]
+            rows = (dy[:, None] + torch.arange(h)[None])[:, None, :, None].expand(n, x.shape[1], h, w + 2 * s)
+            x = padded.gather(2, rows)
+            cols = (dx[:, None] + torch.arange(w)[None])[:, None, None, :].expand(n, x.shape[1], h, w)
+            x = x.gather(3, cols)
+        if self.hflip:
+            flip = torch.rand(n, generator=g) < self.hflip
+            x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x
+
+    def train_batches(self, epoch, steps, accum, world, rank):
+        perm = epoch_permutation(self.num_train, self.seed, epoch)
+        for t, m, sl in micro_batch_slices(steps, accum, world, rank, self.batch_size):
+            idx = perm[sl]
+            g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, sl.start))
+            x = self._augment(self._pad(self.x_train[idx]), g)
+            yield self._normalize(x), self.y_train[idx]
+
+    def eval_batches(self, world, rank):
+        idx_all = torch.arange(rank, self.num_eval, world)  # a shard per rank, no padding, nothing counted twice
+        for i in range(0, len(idx_all), self.batch_size * 2):
+            idx = idx_all[i: i + self.batch_size * 2]
+            yield self._normalize(self._pad(self.x_eval[idx])), self.y_eval[idx]
+
+
+def fashion_mnist(cfg, seed: int = 0, root: str | Path | None = None) -> TensorData:
+    xt, yt, xe, ye = load_fashion_mnist(Path(root) if root else FASHION_MNIST_DIR)
+    return TensorData(xt, yt, xe, ye, FASHION_MNIST_CLASSES, cfg.img_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+                      cfg.batch_size, seed=seed)
+
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def scan_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """(class names, [(path, label)]) of root/split/<class>/*, with people-readable errors."""
+    d = root / split
+    if not d.is_dir():
+        raise UserError(f"{d} does not exist: the data directory must hold train/ and val/, each with one "
+                        f"sub-folder of images per class (the ImageNet layout)")
+    classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+    if not classes:
+        raise UserError(f"{d} has no class sub-folders: put each class's images in {d}/<class name>/")
+    samples = []
+    for label, c in enumerate(classes):
+        for p in sorted((d / c).rglob("*")):
+            if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
+                samples.append((str(p), label))
+    if not samples:
+        raise UserError(f"{d} holds no images (looked for {', '.join(IMG_EXTENSIONS)})")
+    return classes, samples
+
+
+def open_rgb(path: str):
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+class _Files(Dataset):
+    """(path, label) samples; an index is (position in the epoch, sample index, seed), so that augmentation
+    is seeded per sample. A file PIL cannot read comes back as None, for the main process to report."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key):
+        i, seed = key
+        path, label = self.samples[i]
+        try:
+            img = open_rgb(path)
+        except Exception as e:  # any decoder error: report the file, never crash a worker  # noqa: BLE001
+            return None, path, f"{type(e).__name__}: {e}"
+        seed_everything(seed)
+        return self.transform(img), label, None
+
+
+def _collate(items):
+    good = [(x, y) for x, y, err in items if err is None]
+    bad = [(path, err) for _, path, err in items if err is not None]
+    if good:
+        x = torch.stack([g[0] for g in good])
+        y = torch.tensor([g[1] for g in good])
+    else:
+        x = y = None
+    return x, y, bad
+
+
+class ImageFolderData(Data):
+    def __init__(self, cfg, seed: int = 0, train: bool = True):
+        root = Path(cfg.root)
+        if not cfg.root or not root.is_dir():
+            raise UserError(f"data directory {cfg.root!r} does not exist (set data.root=PATH)")
+        self.cfg, self.seed = cfg, seed
+        val_classes, self.val = scan_folder(root, "val")
+        if train:
+            self.class_names, self.train = scan_folder(root, "train")
+            if val_classes != self.class_names:
+                raise UserError(f"{root}/train and {root}/val have different class folders "
+                                f"({len(self.class_names)} vs {len(val_classes)} classes)")
+        else:
+            self.class_names, self.train = val_classes, []
+        self.num_classes = len(self.class_names)
+        self.num_train, self.num_eval = len(self.train), len(self.val)
+        crop = default_crop_pct(cfg.img_size) if cfg.crop_pct is None else cfg.crop_pct
+        self.preprocessing = Preprocessing(cfg.img_size, IMAGENET_MEAN, IMAGENET_STD, crop, 3)
+        self.skipped = 0
+        self._train_tf = train_transform(cfg) if train else None
+        self._eval_tf = eval_transform(cfg.img_size, IMAGENET_MEAN, IMAGENET_STD, crop)
+
+    def _loader(self, dataset, batches):
+        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, collate_fn=_collate,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+    def _check(self, bad):
+        if bad:
+            if not self.cfg.skip_bad_images:
+                path, err = bad[0]
+                raise UserError(f"cannot read image {path} ({err}); fix or remove it, or pass "
+                                f"data.skip_bad_images=true to skip and count unreadable files")
+            self.skipped += len(bad)
+
+    def train_batches(self, epoch, steps, accum, world, rank):
+        perm = epoch_permutation(self.num_train, self.seed, epoch).tolist()
+        batches = [[(perm[p], sample_seed(self.seed, epoch, p)) for p in range(sl.start, sl.stop)]
+                   for _, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
+        for x, y, bad in self._loader(_Files(self.train, self._train_tf), batches):
+            self._check(bad)
+            if x is not None:
+                yield x, y
+
+    def eval_batches(self, world, rank):
+        idx = list(range(rank, self.num_eval, world))
+        bs = max(1, int(self.cfg.batch_size * 1.5))  # the official val batch is 1.5 x the training batch
+        batches = [[(i, 0) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
+        for x, y, bad in self._loader(_Files(self.val, self._eval_tf), batches):
+            self._check(bad)
+            if x is not None:
+                yield x, y
+
+
+def build_data(cfg, seed: int = 0, train: bool = True) -> Data:
+    if cfg.dataset == "fashion_mnist":
+        return fashion_mnist(cfg, seed, cfg.root or None)
+    if cfg.dataset == "imagefolder":
+        return ImageFolderData(cfg, seed, train)
+    raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose imagefolder or fashion_mnist")

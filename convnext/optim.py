@@ -1,0 +1,102 @@
+"""Parameter groups (no weight decay on 1-D parameters, layer-wise lr decay), the lr schedule, and EMA."""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+NUM_LAYER_GROUPS = 12  # the official rule: 12 layer ids + the head (optim_factory.get_num_layer_for_convnext)
+
+
+def layer_id(name: str, model: nn.Module) -> int:
+    """Layer id in 0..13 of a parameter, for layer-wise lr decay: scale = decay ** (13 - id).
+
+    Official rule (ConvNeXt-S/B/L/XL, stage 3 of 27 blocks): stem 0; stage 0 -> 1; downsample 1 + stage 1
+    -> 2; downsample 2 -> 3; block k of stage 2 -> 3 + k // 3; downsample 3 + stage 3 -> 12; norm/head -> 13.
+    Extended to any depth: block k of a stage 2 of depth D -> 3 + floor(9k / D), which equals k // 3 at
+    D = 27 and makes ConvNeXt-T (D = 9) and the small variants work too (the official code refuses T).
+    Isotropic: stem 0, block j of D -> 1 + floor(12j / D), norm/head 13.
+    """
+    parts = name.split(".")
+    top = NUM_LAYER_GROUPS + 1
+    if parts[0] == "downsample_layers":
+        i = int(parts[1])
+        return {0: 0, 1: 2, 2: 3, 3: 12}[i]
+    if parts[0] == "stages":
+        s, k = int(parts[1]), int(parts[2])
+        if s == 2:
+            return 3 + (9 * k) // len(model.stages[2])
+        return {0: 1, 1: 2, 3: 12}[s]
+    if parts[0] == "stem":
+        return 0
+    if parts[0] == "blocks":
+        return 1 + (NUM_LAYER_GROUPS * int(parts[1])) // len(model.blocks)
+    return top
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups: weight decay only on >= 2-D weights (not on norms, biases or the layer scale gamma, as the
+    official code); each group carries `lr_scale` for layer-wise decay (1.0 everywhere when decay is 1)."""
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim <= 1 or name.endswith(".bias")
+        lid = layer_id(name, model) if layer_decay != 1.0 else NUM_LAYER_GROUPS + 1
+        key = (lid, no_decay)
+        if key not in groups:
+            groups[key] = {
+                "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": layer_decay ** (NUM_LAYER_GROUPS + 1 - lid),
+            }
+        groups[key]["params"].append(p)
+        groups[key]["names"].append(name)
+    return list(groups.values())
+
+
+def build_optimizer(model: nn.Module, cfg, lr: float, fused: bool = False) -> torch.optim.AdamW:
+    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    for g in groups:
+        g.pop("names")
+    return torch.optim.AdamW(groups, lr=lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+
+
+def lr_at(step: int, peak: float, total: int, warmup: int, min_lr: float) -> float:
+    """Linear warm-up from 0 to `peak` over `warmup` steps, then half a cosine down to `min_lr` at `total`
+    (the official per-iteration cosine_scheduler)."""
+    if step < warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
+
+
+class EMA:
+    """Exponential moving average of the weights (Polyak): ema = decay * ema + (1 - decay) * weights.
+
+    Kept in fp32 on the model's device, updated after every optimizer step; buffers are copied.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        ema_p = list(self.module.parameters())
+        p = [q.detach() for q in model.parameters()]
+        torch._foreach_lerp_(ema_p, p, 1.0 - self.decay)
+        for b_ema, b in zip(self.module.buffers(), model.buffers()):
+            b_ema.copy_(b)
+
+    def state_dict(self):
+        return self.module.state_dict()
+
+    def load_state_dict(self, sd):
+        self.module.load_state_dict(sd)
