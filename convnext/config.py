@@ -47,6 +47,8 @@ class DataConfig:
     smoothing: float = 0.1
     crop_pct: float | None = None  # eval crop; None = 0.875 below 384, 1.0 (no crop) at 384 and above
     skip_bad_images: bool = False  # opt-in: skip and count unreadable images instead of stopping
+    limit_train: int = 0  # train on a fixed random subset of this many images (0 = all); for small runs
+    limit_eval: int = 0  # evaluate on a fixed random subset of this many images (0 = all); for smoke tests
 
 
 @dataclass(frozen=True)

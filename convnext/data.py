@@ -256,8 +256,22 @@ class TensorData(Data):
             yield self._normalize(self._pad(self.x_eval[idx])), self.y_eval[idx]
 
 
+def _subset(n: int, limit: int) -> torch.Tensor | slice:
+    """A fixed random subset (seed 0, whatever the run's seed) of `limit` of n indices; all when limit is 0."""
+    if not limit or limit >= n:
+        return slice(None)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(0))[:limit].sort().values
+
+
+def _take(items: list, limit: int) -> list:
+    keep = _subset(len(items), limit)
+    return items[keep] if isinstance(keep, slice) else [items[i] for i in keep.tolist()]
+
+
 def fashion_mnist(cfg, seed: int = 0, root: str | Path | None = None) -> TensorData:
     xt, yt, xe, ye = load_fashion_mnist(Path(root) if root else FASHION_MNIST_DIR)
+    keep, keep_eval = _subset(len(yt), cfg.limit_train), _subset(len(ye), cfg.limit_eval)
+    xt, yt, xe, ye = xt[keep], yt[keep], xe[keep_eval], ye[keep_eval]
     return TensorData(xt, yt, xe, ye, FASHION_MNIST_CLASSES, cfg.img_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
                       cfg.batch_size, seed=seed)
 
@@ -332,11 +346,13 @@ class ImageFolderData(Data):
         val_classes, self.val = scan_folder(root, "val")
         if train:
             self.class_names, self.train = scan_folder(root, "train")
+            self.train = _take(self.train, cfg.limit_train)
             if val_classes != self.class_names:
                 raise UserError(f"{root}/train and {root}/val have different class folders "
                                 f"({len(self.class_names)} vs {len(val_classes)} classes)")
         else:
             self.class_names, self.train = val_classes, []
+        self.val = _take(self.val, cfg.limit_eval)
         self.num_classes = len(self.class_names)
         self.num_train, self.num_eval = len(self.train), len(self.val)
         crop = default_crop_pct(cfg.img_size) if cfg.crop_pct is None else cfg.crop_pct

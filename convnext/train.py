@@ -37,7 +37,15 @@ class NonFiniteLoss(UserError):
 
 
 def build_model(cfg: Config, num_classes: int) -> nn.Module:
+    """The model a config names: a ConvNeXt variant, or a roadmap step as `roadmap/<regime>/<step name>`."""
     m = cfg.model
+    if m.name.startswith("roadmap/"):
+        from convnext.roadmap import get_step
+
+        _, regime, step = m.name.split("/", 2)
+        model = get_step(regime, step).build(num_classes, drop_path_rate=m.drop_path, in_chans=m.in_chans)
+        model.arch = m.name  # type: ignore[attr-defined]
+        return model
     model = create_model(m.name, num_classes=num_classes, in_chans=m.in_chans, drop_path_rate=m.drop_path,
                          layer_scale_init_value=m.layer_scale, head_init_scale=m.head_init_scale)
     if m.init:
