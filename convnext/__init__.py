@@ -3,7 +3,9 @@
     import convnext
     model = convnext.create_model("convnext_tiny", pretrained=True)
 """
+from convnext.fold import fold_for_inference
 from convnext.model import VARIANTS, ConvNeXt, ConvNeXtIsotropic, create_model, get_variant, list_models
 
-__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "get_variant", "list_models"]
+__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "fold_for_inference", "get_variant",
+           "list_models"]
 __version__ = "0.1.0"

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
         p.add_argument("--compile", choices=["none", "default", "max-autotune"], default="none")
         p.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
         p.add_argument("--compare", choices=["timm"], help="time timm's model of the same name, alternating")
+        p.add_argument("--fold", action="store_true", help="time the inference-folded model (fold_for_inference)")
         p.add_argument("--runs", type=int, default=7, help="timed runs (the median is reported)")
         p.add_argument("--iters", type=int, default=3, help="batches per timed run")
         p.add_argument("--warmup", type=int, default=2, help="untimed batches first")
@@ -82,6 +83,12 @@ def bench_cmd(args) -> int:
         torch.manual_seed(0)
         model = _model(args, "cpu")
         _check_size(model, args.img_size)
+        if args.fold:
+            if args.train:
+                raise UserError("--fold is for inference; it cannot be combined with --train")
+            from convnext.fold import fold_for_inference
+
+            model = fold_for_inference(model)
         peer = make_peer(args.compare, args.model) if args.compare else None
         print(s.describe(), flush=True)
 

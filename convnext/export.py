@@ -1,0 +1,182 @@
+"""`convnext export`: ONNX, TorchScript or torch.export (.pt2), checked against PyTorch before it is called done.
+
+    convnext export --model convnext_tiny --pretrained fb_in1k --format onnx --out convnext_tiny.onnx
+
+What is not obvious:
+- ONNX goes through torch.onnx.export's default (dynamo, torch.export-based) exporter at opset 18. From
+  opset 17 on, ONNX has a `LayerNormalization` operator, so every LayerNorm (stem, 3 downsampling, one per
+  block, final) is one node instead of the ReduceMean/Sub/Pow/Sqrt/Div chain that loses precision and that
+  TensorRT parses badly (paper.md §6 item 10). The tests count those nodes.
+- The batch dimension is dynamic in all three formats (traced at batch 2, checked at batches 1 and 3);
+  the image size is fixed at the weights' resolution (or --img-size), as the weights were trained for it.
+- By default the model is folded first (convnext/fold.py); the check always compares against the
+  *unfolded* PyTorch model in fp32, so it covers the folding too. Tolerance: max |difference| <= 1e-4.
+- Each file carries the preprocessing and class names as JSON under the key "convnext": ONNX
+  metadata_props, or an extra file "convnext.json" in the TorchScript / .pt2 archive.
+- TorchScript is deprecated in PyTorch 2.x; it is produced by tracing and offered for older runtimes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from convnext.errors import UserError
+
+FORMATS = ("onnx", "torchscript", "exported")
+ONNX_OPSET = 18  # >= 17 for a single LayerNormalization node; 18 is the dynamo exporter's native opset
+ATOL = 1e-4  # fp32, max abs difference of logits
+TRACE_BATCH = 2  # not 1: torch.export specialises a dimension of size 1 to a constant
+CHECK_BATCHES = (1, 3)  # sizes other than the traced one: proves the batch dimension is dynamic
+META_KEY = "convnext"
+
+
+def _require(*modules: str) -> None:
+    import importlib.util
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"ONNX export needs {', '.join(missing)}; install them with pip install 'convnext[export]'")
+
+
+def _batch_dim() -> dict:
+    return {0: torch.export.Dim("batch", min=1, max=65536)}
+
+
+def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, img_size: int, in_chans: int = 3,
+                 metadata: dict | None = None) -> Path:
+    """Write `model` (eval mode, on the CPU) to `out` in format `fmt`; returns the path."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if fmt == "exported" and out.suffix != ".pt2":
+        raise UserError(f"{out}: a torch.export file must end in .pt2 (torch.export.load refuses other names)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    x = torch.randn(TRACE_BATCH, in_chans, img_size, img_size)
+    meta = json.dumps(metadata or {})
+    with torch.no_grad():
+        if fmt == "onnx":
+            program = torch.onnx.export(
+                model, (x,), None, dynamo=True, opset_version=ONNX_OPSET, input_names=["image"],
+                output_names=["logits"], dynamic_shapes=(_batch_dim(),), verbose=False,
+            )
+            program.model.metadata_props[META_KEY] = meta
+            # one self-contained file: even XL with a 22K head (1.6 GB) is under protobuf's 2 GB limit
+            program.save(str(out), external_data=False)
+        elif fmt == "torchscript":
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # "torch.jit is deprecated": we say so in --help
+                traced = torch.jit.trace(model, x, check_trace=False)  # check() below does the checking
+                torch.jit.save(traced, str(out), _extra_files={f"{META_KEY}.json": meta})
+        else:
+            program = torch.export.export(model, (x,), dynamic_shapes=(_batch_dim(),))
+            torch.export.save(program, str(out), extra_files={f"{META_KEY}.json": meta})
+    return out
+
+
+def load_exported(fmt: str, path: str | os.PathLike):
+    """A callable (N, C, H, W) float tensor -> logits tensor, running the exported file in its own runtime."""
+    path = str(path)
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    if fmt == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(path, map_location="cpu")
+        return module
+    if fmt == "exported":
+        return torch.export.load(path).module()
+    raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+def check(reference: nn.Module, fmt: str, path: str | os.PathLike, img_size: int, in_chans: int = 3,
+          batches=CHECK_BATCHES, seed: int = 0) -> float:
+    """Max |exported - reference| over random inputs at each batch size in `batches` (fp32, CPU)."""
+    run = load_exported(fmt, path)
+    reference = reference.eval().cpu()
+    g = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for n in batches:
+            x = torch.randn(n, in_chans, img_size, img_size, generator=g)  # what normalised images look like
+            got, want = run(x), reference(x)
+            if got.shape != want.shape:
+                raise UserError(f"the exported model returned shape {tuple(got.shape)} for a batch of {n}, "
+                                f"expected {tuple(want.shape)}")
+            worst = max(worst, (got.float() - want.float()).abs().max().item())
+    return worst
+
+
+def onnx_op_counts(path: str | os.PathLike) -> Counter:
+    """How many nodes of each op type the ONNX graph has (top-level graph: our models have no subgraphs)."""
+    import onnx
+
+    return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
+
+
+def count_layernorms(model: nn.Module) -> int:
+    """LayerNorm modules: stem + 3 downsampling + one per block + final (hierarchical); blocks + final (isotropic)."""
+    return sum(isinstance(m, nn.LayerNorm) for m in model.modules())
+
+
+# ------------------------------------------------------------------------------------------- command line
+
+
+def add_arguments(p: argparse.ArgumentParser, command: str = "export") -> None:
+    from convnext.predict import add_weights_arguments
+
+    add_weights_arguments(p, random_init=True, device=False)  # exports and checks on the CPU
+    p.add_argument("--format", required=True, choices=FORMATS,
+                   help="onnx (opset 18), torchscript (traced; deprecated in PyTorch) or exported (torch.export .pt2)")
+    p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--img-size", type=int, help="input resolution (default: the weights' own)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from convnext.fold import fold_for_inference
+    from convnext.model import get_variant
+    from convnext.predict import classifier_from_args
+
+    if args.format == "onnx":
+        _require("onnx", "onnxscript", "onnxruntime")
+    clf = classifier_from_args(args, fold=False)  # the unfolded model: the reference for the check
+    reference = clf.model.cpu()
+    pre = clf.preprocessing
+    size = args.img_size or pre.img_size
+    stride = get_variant(clf.arch).stride
+    if size % stride:
+        raise UserError(f"--img-size {size} is not divisible by {stride}, the network's total stride")
+    model = reference if args.no_fold else fold_for_inference(reference)
+    metadata = {"arch": clf.arch, "weights": clf.source, "folded": not args.no_fold,
+                "preprocessing": {**asdict(pre), "img_size": size}, "class_names": clf.class_names}
+    print(f"convnext export: {clf.arch} ({clf.source}), {'not folded' if args.no_fold else 'folded'}, "
+          f"input (batch, {pre.in_chans}, {size}, {size}) with a dynamic batch -> {args.format}", flush=True)
+    out = export_model(model, args.format, args.out, size, pre.in_chans, metadata)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
+    if args.format == "onnx":
+        ops = onnx_op_counts(out)
+        print(f"  opset {ONNX_OPSET}, {sum(ops.values())} nodes, {ops['LayerNormalization']} LayerNormalization "
+              f"(the model has {count_layernorms(reference)} LayerNorms)")
+    runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "exported": "torch.export.load"}[args.format]
+    diff = check(reference, args.format, out, size, pre.in_chans)
+    ok = diff <= ATOL
+    print(f"check: {runtime} vs PyTorch (unfolded, fp32) on random inputs at batch "
+          f"{' and '.join(map(str, CHECK_BATCHES))}: max |difference| {diff:.2e} "
+          f"{'<=' if ok else '>'} {ATOL:.0e}: {'OK' if ok else 'FAILED'}")
+    if not ok:
+        print(f"convnext export: the exported model differs from PyTorch by more than {ATOL:.0e}", file=sys.stderr)
+        return 1
+    return 0
