@@ -6,8 +6,9 @@
 Expected: >= 90% top-1 on the 10,000 test images in under 10 minutes on 2 CPU cores (README, "Results").
 What differs from the ImageNet recipe, and why: a 10-minute budget is ~4 epochs, not 300, so the
 regularisation that pays off over 300 epochs (mixup/cutmix, RandAugment, random erasing, stochastic depth) is
-off and the augmentation is a light random shift + flip; the images are zero-padded 28 -> 32 so the total
-stride of 32 divides them; the EMA decay is shortened to the run's length; lr is given for this batch.
+off and the augmentation is a light random shift + flip; the images are resized 28 -> 32 (bicubic, as
+`convnext predict` does) so the total stride of 32 divides them; the EMA decay is shortened to the run's
+length; lr is given for this batch.
 """
 from convnext.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 

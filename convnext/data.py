@@ -195,14 +195,15 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR):
 
 
 class TensorData(Data):
-    """An in-memory uint8 image set (N, H, W) or (N, C, H, W), augmented per batch with torch ops:
-    zero-pad to `img_size`, random translation by up to `shift` pixels, horizontal flip. The demo's
-    augmentation is deliberately light: a 2-core, 10-minute budget is far from the paper's 300 epochs."""
+    """An in-memory uint8 image set (N, H, W) or (N, C, H, W), resized once to `img_size` (bicubic, the same
+    resize-without-crop that prediction applies: crop_pct 1.0), then augmented per batch with torch ops:
+    random translation by up to `shift` pixels and a horizontal flip. The demo's augmentation is deliberately
+    light: a 2-core, 10-minute budget is far from the paper's 300 epochs."""
 
     def __init__(self, x_train, y_train, x_eval, y_eval, class_names, img_size, mean, std, batch_size,
                  shift: int = 2, hflip: float = 0.5, seed: int = 0):
-        self.x_train, self.y_train = self._nchw(x_train), y_train
-        self.x_eval, self.y_eval = self._nchw(x_eval), y_eval
+        self.x_train, self.y_train = self._resize(self._nchw(x_train), img_size), y_train
+        self.x_eval, self.y_eval = self._resize(self._nchw(x_eval), img_size), y_eval
         self.class_names, self.num_classes = list(class_names), len(class_names)
         self.num_train, self.num_eval = len(self.y_train), len(self.y_eval)
         self.batch_size, self.shift, self.hflip, self.seed = batch_size, shift, hflip, seed
@@ -215,11 +216,16 @@ class TensorData(Data):
     def _nchw(x):
         return x[:, None] if x.ndim == 3 else x
 
-    def _pad(self, x):
-        h, w = x.shape[-2:]
-        size = self.preprocessing.img_size
-        top, left = (size - h) // 2, (size - w) // 2
-        return torch.nn.functional.pad(x, (left, size - w - left, top, size - h - top))
+    @staticmethod
+    def _resize(x, size: int):
+        if x.shape[-2:] == (size, size):
+            return x
+        out = torch.empty(x.shape[:2] + (size, size), dtype=torch.uint8)
+        for i in range(0, len(x), 4096):  # in chunks: the float copy of all of it would be large
+            chunk = torch.nn.functional.interpolate(x[i: i + 4096].float(), size=(size, size), mode="bicubic",
+                                                    align_corners=False)
+            out[i: i + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        return out
 
     def _normalize(self, x):
         return (x.float() - self.mean) / self.std
@@ -246,14 +252,14 @@ class TensorData(Data):
         for t, m, sl in micro_batch_slices(steps, accum, world, rank, self.batch_size):
             idx = perm[sl]
             g = torch.Generator().manual_seed(sample_seed(self.seed, epoch, sl.start))
-            x = self._augment(self._pad(self.x_train[idx]), g)
+            x = self._augment(self.x_train[idx], g)
             yield self._normalize(x), self.y_train[idx]
 
     def eval_batches(self, world, rank):
         idx_all = torch.arange(rank, self.num_eval, world)  # a shard per rank, no padding, nothing counted twice
         for i in range(0, len(idx_all), self.batch_size * 2):
             idx = idx_all[i: i + self.batch_size * 2]
-            yield self._normalize(self._pad(self.x_eval[idx])), self.y_eval[idx]
+            yield self._normalize(self.x_eval[idx]), self.y_eval[idx]
 
 
 def _subset(n: int, limit: int) -> torch.Tensor | slice:

@@ -123,7 +123,7 @@ def _train(cfg: Config, out: Path, resume: bool, d) -> dict:
     fmt = torch.channels_last if t.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     ema = EMA(model, t.ema_decay) if t.ema_decay > 0 else None
-    optimizer = build_optimizer(model, cfg.optim, der.lr, fused=d.device.type == "cuda")
+    optimizer = build_optimizer(model, cfg.optim, der.lr)
     dtype = DTYPES[t.precision]
     scaler = torch.amp.GradScaler(d.device.type, enabled=t.precision == "fp16")
     step, best, best_ema = 0, -1.0, -1.0
