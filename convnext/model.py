@@ -151,6 +151,30 @@ class _Classifier(nn.Module):
             return checkpoint(module, x, use_reentrant=False)
         return module(x)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        intermediates_only: bool = False,
+        stop_early: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Intermediate outputs for dense prediction: the 4 stage outputs (strides 4, 8, 16, 32;
+        un-normalised), or for the isotropic model the block outputs (stride 16).
+
+        `indices`: None = all, k = the last k, a list = those (negative from the end). Returns that list,
+        or (final features, that list) unless `intermediates_only`; `stop_early` skips what follows the last
+        output asked for.
+        """
+        n = len(self.stages) if hasattr(self, "stages") else len(self.blocks)
+        take = _take_indices(n, indices)
+        last = take[-1] if (stop_early or intermediates_only) else n - 1
+        outs = []
+        for i in range(last + 1):
+            x = self._unit(i, x)
+            if i in take:
+                outs.append(x)
+        return outs if intermediates_only else (x, outs)
+
 
 def _take_indices(n: int, indices: int | Sequence[int] | None) -> list[int]:
     """`indices`: None = all n, an int k = the last k, a sequence = those (negative counts from the end)."""
@@ -206,32 +230,13 @@ class ConvNeXt(_Classifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, dims[-1], H/32, W/32), before pooling."""
-        for downsample, stage in zip(self.downsample_layers, self.stages):
-            x = downsample(x)
-            x = self._run(stage, x)
+        for i in range(4):
+            x = self._unit(i, x)
         return x
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        intermediates_only: bool = False,
-        stop_early: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (strides 4, 8, 16, 32; un-normalised) for dense prediction.
-
-        Returns the list of the chosen stages' outputs, or (final features, that list) unless
-        `intermediates_only`. `stop_early` skips the stages after the last one asked for.
-        """
-        take = _take_indices(len(self.stages), indices)
-        last = take[-1] if (stop_early or intermediates_only) else len(self.stages) - 1
-        outs = []
-        for i in range(last + 1):
-            x = self.downsample_layers[i](x)
-            x = self._run(self.stages[i], x)
-            if i in take:
-                outs.append(x)
-        return outs if intermediates_only else (x, outs)
+    def _unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        # one intermediate output of forward_intermediates: stage i (stride 4, 8, 16, 32), after its downsampling
+        return self._run(self.stages[i], self.downsample_layers[i](x))
 
 
 class ConvNeXtIsotropic(_Classifier):
@@ -259,30 +264,15 @@ class ConvNeXtIsotropic(_Classifier):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in_chans, H, W) -> (N, dim, H/16, W/16), before pooling."""
-        x = self.stem(x)
         if self.grad_checkpointing and torch.is_grad_enabled():
-            for block in self.blocks:  # per block: the isotropic model has no stages
-                x = self._run(block, x)
+            for i in range(self.depth):  # per block: the isotropic model has no stages
+                x = self._unit(i, x)
             return x
-        return self.blocks(x)
+        return self.blocks(self.stem(x))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        intermediates_only: bool = False,
-        stop_early: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Block outputs (all at stride 16); same contract as ConvNeXt.forward_intermediates."""
-        take = _take_indices(len(self.blocks), indices)
-        last = take[-1] if (stop_early or intermediates_only) else len(self.blocks) - 1
-        x = self.stem(x)
-        outs = []
-        for i in range(last + 1):
-            x = self._run(self.blocks[i], x)
-            if i in take:
-                outs.append(x)
-        return outs if intermediates_only else (x, outs)
+    def _unit(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        # one intermediate output of forward_intermediates: block i (all at stride 16); the stem goes first
+        return self._run(self.blocks[i], self.stem(x) if i == 0 else x)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ _CHECKPOINTS = [
 def _entry(arch: str, tag: str, file: str, num_classes: int, res: int, top1: float | None) -> dict:
     # The official eval transform (datasets.py): below 384, resize the short side to res/0.875 and centre-crop;
     # at 384, resize straight to res x res with no crop (crop_pct 1.0). Bicubic, ImageNet mean/std.
-    return _with_flat_preprocessing({
+    return {
         "tag": f"{arch}.{tag}",
         "arch": arch,
         "file": file,
@@ -94,16 +94,7 @@ def _entry(arch: str, tag: str, file: str, num_classes: int, res: int, top1: flo
             "in_chans": 3,
             "interpolation": "bicubic",
         },
-    })
-
-
-def _with_flat_preprocessing(cfg: dict) -> dict:
-    """Copy the preprocessing to the top level too, for timm-style readers (`cfg["crop_pct"]`); `input_size` is
-    the square side (an int, not timm's (C, H, W))."""
-    pre = cfg["preprocessing"]
-    cfg.update(input_size=pre["img_size"], mean=tuple(pre["mean"]), std=tuple(pre["std"]), crop_pct=pre["crop_pct"],
-               interpolation=pre["interpolation"])
-    return cfg
+    }
 
 
 PRETRAINED: dict[str, dict] = {f"{row[0]}.{row[1]}": _entry(*row) for row in _CHECKPOINTS}
@@ -541,7 +532,7 @@ def _file_cfg(arch: str, sd: dict, meta: dict) -> dict:
     if isinstance(meta.get("preprocessing"), Mapping):  # our checkpoints store what their data used
         pre.update(meta["preprocessing"])
     num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    return _with_flat_preprocessing({
+    return {
         "tag": None,
         "arch": arch,
         "num_classes": num_classes,  # the head's, whatever the meta says
@@ -550,7 +541,7 @@ def _file_cfg(arch: str, sd: dict, meta: dict) -> dict:
         "preprocessing": dict(pre),
         "class_names": meta.get("class_names"),
         "meta": meta,
-    })
+    }
 
 
 def _head_mismatch(source: str, ckpt_classes: int, model_classes: int, arch: str) -> UserError:
