@@ -40,6 +40,7 @@ class DataConfig:
     color_jitter: float = 0.4  # official main.py default (ignored by timm when RandAugment is on)
     reprob: float = 0.25  # random erasing
     hflip: float = 0.5
+    shift: int = 2  # in-memory sets (the demo): random translation by up to this many pixels
     scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop
     mixup: float = 0.8
     cutmix: float = 1.0

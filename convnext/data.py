@@ -279,7 +279,7 @@ def fashion_mnist(cfg, seed: int = 0, root: str | Path | None = None) -> TensorD
     keep, keep_eval = _subset(len(yt), cfg.limit_train), _subset(len(ye), cfg.limit_eval)
     xt, yt, xe, ye = xt[keep], yt[keep], xe[keep_eval], ye[keep_eval]
     return TensorData(xt, yt, xe, ye, FASHION_MNIST_CLASSES, cfg.img_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
-                      cfg.batch_size, seed=seed)
+                      cfg.batch_size, shift=cfg.shift, hflip=cfg.hflip, seed=seed)
 
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
