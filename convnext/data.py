@@ -12,6 +12,7 @@ per step. So resuming at step t replays exactly what an uninterrupted run would 
 """
 from __future__ import annotations
 
+import abc
 import gzip
 import math
 import random
@@ -146,7 +147,9 @@ class Preprocessing:
     interpolation: str = "bicubic"
 
 
-class Data:
+class Data(abc.ABC):
+    """What the trainer and evaluator need from a data source."""
+
     num_classes: int
     class_names: list[str]
     num_train: int
@@ -154,11 +157,13 @@ class Data:
     preprocessing: Preprocessing
     skipped: int = 0
 
+    @abc.abstractmethod
     def train_batches(self, epoch: int, steps: range, accum: int, world: int, rank: int) -> Iterator:
-        raise NotImplementedError  # pragma: no cover - interface
+        """(x, y) micro-batches of this rank for the optimizer steps in `steps` of `epoch`."""
 
+    @abc.abstractmethod
     def eval_batches(self, world: int, rank: int) -> Iterator:
-        raise NotImplementedError  # pragma: no cover - interface
+        """(x, y) batches of this rank's shard of the evaluation set (rank::world, nothing counted twice)."""
 
 
 def _read_idx(path: Path) -> np.ndarray:
