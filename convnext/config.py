@@ -30,7 +30,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "imagefolder"  # imagefolder (root/train, root/val) | fashion_mnist (the embedded demo)
+    dataset: str = "imagefolder"  # imagefolder (root/train, root/val) | fashion_mnist (the demo) | synthetic (timing)
     root: str = ""
     img_size: int = 224
     batch_size: int = 128  # per device (TRAINING.md: 128 x 32 GPUs for T/S/B)

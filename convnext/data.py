@@ -1,9 +1,10 @@
 """Datasets, the paper's transforms, mixup/cutmix, and a sampler that makes every run resumable.
 
-Two data sources with one interface (`Data`):
+Three data sources with one interface (`Data`):
 - `ImageFolderData`: the ImageNet layout (root/train/<class>/*, root/val/<class>/*), decoded by PIL in
   DataLoader workers, with timm's training transform (what the paper used) and the official eval transform.
 - `TensorData`: an in-memory set (the embedded Fashion-MNIST demo), augmented batch-wise with torch ops.
+- `SyntheticData`: one fixed random batch, for timing the model and the training loop without a pipeline.
 
 Determinism (needed for resume-equals-continuous and for 1-process == N-process tests): the order of an epoch
 is a permutation seeded by (seed, epoch); optimizer step t, micro-batch m, rank r reads a fixed slice of it;
@@ -403,9 +404,40 @@ class ImageFolderData(Data):
                 yield x, y
 
 
-def build_data(cfg, seed: int = 0, train: bool = True) -> Data:
+class SyntheticData(Data):
+    """Random images, no pipeline: for timing the model and the loop alone (`data.dataset=synthetic`).
+
+    One fixed batch of N(0, 1) images (pinned when CUDA is present, as a DataLoader with pin_memory hands them
+    over) is yielded for every micro-batch, so the trainer's own cost is all that is added to the model's.
+    ImageNet-1K sized by default (1,281,167 train / 50,000 eval images, 1,000 classes); data.limit_train and
+    data.limit_eval shrink it, `num_classes` changes the class count."""
+
+    def __init__(self, cfg, seed: int = 0, in_chans: int = 3, num_classes: int = 1000):
+        g = torch.Generator().manual_seed(seed)
+        b, s = cfg.batch_size, cfg.img_size
+        self.x = torch.randn(b, in_chans, s, s, generator=g)
+        self.y = torch.randint(0, num_classes, (b,), generator=g)
+        if torch.cuda.is_available():
+            self.x, self.y = self.x.pin_memory(), self.y.pin_memory()
+        self.num_classes, self.class_names = num_classes, [f"class_{i}" for i in range(num_classes)]
+        self.num_train, self.num_eval = cfg.limit_train or 1_281_167, cfg.limit_eval or 50_000
+        self.preprocessing = Preprocessing(s, IMAGENET_MEAN[:in_chans], IMAGENET_STD[:in_chans], 1.0, in_chans)
+
+    def train_batches(self, epoch, steps, accum, world, rank):
+        for _ in micro_batch_slices(steps, accum, world, rank, len(self.y)):
+            yield self.x, self.y
+
+    def eval_batches(self, world, rank):
+        n = len(range(rank, self.num_eval, world))
+        for i in range(0, n, len(self.y)):
+            yield self.x[: n - i], self.y[: n - i]
+
+
+def build_data(cfg, seed: int = 0, train: bool = True, in_chans: int = 3) -> Data:
     if cfg.dataset == "fashion_mnist":
         return fashion_mnist(cfg, seed, cfg.root or None)
     if cfg.dataset == "imagefolder":
         return ImageFolderData(cfg, seed, train)
-    raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose imagefolder or fashion_mnist")
+    if cfg.dataset == "synthetic":
+        return SyntheticData(cfg, seed, in_chans)
+    raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose imagefolder, fashion_mnist or synthetic")

@@ -322,3 +322,32 @@ def test_torch_export():
     x = torch.randn(2, 3, 64, 64)
     ep = torch.export.export(m, (x,))
     torch.testing.assert_close(ep.module()(x), m(x))
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (2, 2), (2, 3), (3, 3), (4, 4), (4, 5), (1, 6), (5, 5), (8, 8)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_depthwise_conv_small_maps_same_function(hw, channels_last):
+    """Cropping the 7x7 kernel to the map, and the CPU backward used when it covers the map, change nothing:
+    output and every gradient equal the plain padded conv's (float64)."""
+    import torch.nn.functional as F
+
+    from convnext.model import DepthwiseConv2d
+
+    torch.manual_seed(0)
+    conv = DepthwiseConv2d(6, 6, kernel_size=7, padding=3, groups=6).double()
+    x = torch.randn(3, 6, *hw, dtype=torch.double)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    y = conv(x)
+    ref = F.conv2d(x, conv.weight, conv.bias, padding=3, groups=6)
+    gy = torch.randn_like(ref)
+    ours = torch.autograd.grad(y, (x, conv.weight, conv.bias), gy)
+    theirs = torch.autograd.grad(ref, (x, conv.weight, conv.bias), gy)
+    torch.testing.assert_close(y, ref, atol=1e-12, rtol=0)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), ref, atol=1e-12, rtol=0)
+    covered = hw[0] <= 4 and hw[1] <= 4 and hw != (1, 1)  # kernel reaches the whole map: the custom backward
+    assert ("SmallMapDepthwiseConv" in type(y.grad_fn).__name__) == covered
