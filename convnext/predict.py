@@ -9,12 +9,8 @@ What is not obvious:
 - Preprocessing comes from the weights (the registry entry, or the `preprocessing` a checkpoint of ours
   stores) and is the official eval protocol, `convnext.data.eval_transform`: resize the short side to
   int(size / crop_pct) and centre-crop below 384; resize to size x size at crop_pct 1.0; bicubic.
-- Conversion to RGB: the EXIF orientation is applied; 16-bit greyscale is scaled by 255/65535 (PIL's own
-  `convert("L")` clips everything above 255 to white); transparent pixels are composited on white
-  (dropping alpha would expose whatever colour the invisible pixels happen to store, often black);
-  palette, greyscale and CMYK go through PIL's `convert("RGB")` (no ICC colour management).
-- An image above PIL.Image.MAX_IMAGE_PIXELS is refused: PIL only warns between 1x and 2x that limit,
-  and here the warning is an error. Raise the limit to classify larger images you trust.
+- Images are read by convnext/images.py: EXIF orientation, 16-bit greyscale, transparency and the
+  decompression-bomb limit are explained there.
 - A file that cannot be read is that file's error; the others are still classified, and the command
   exits 1 at the end. Class names: a checkpoint's own, else ImageNet-1K (shipped, imagenet_classes.txt),
   else ImageNet-22K (21841 classes: timm's WordNet lemmas, first lemma of each synset).
@@ -24,109 +20,19 @@ What is not obvious:
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
-import struct
 import sys
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 from torch import nn
 
 from convnext.errors import UserError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
-WHITE = (255, 255, 255, 255)
-
-# ------------------------------------------------------------------------------------------- files and pixels
-
-
-def expand_paths(items: Iterable[str | os.PathLike]) -> list[str]:
-    """Files, directories (their image files, recursively, sorted) and glob patterns -> file paths, in order.
-
-    An item that yields nothing (no such file, a pattern with no match, a folder without images) is kept
-    as it is, so that `load_image` reports it as that item's error.
-    """
-    out: list[str] = []
-    for item in map(str, items):
-        if os.path.isdir(item):
-            found = sorted(str(p) for p in Path(item).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            out.extend(found or [item])
-        elif not os.path.exists(item) and glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            out.extend(expand_paths(matches) if matches else [item])
-        else:
-            out.append(item)
-    return out
-
-
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open, decode and convert one file to RGB (see `to_rgb`); a UserError says why a file cannot be used."""
-    path = str(path)
-    if os.path.isdir(path):
-        raise UserError(f"a directory with no image files ({', '.join(IMAGE_SUFFIXES)})")
-    if not os.path.exists(path):
-        raise UserError("no file matches this pattern" if glob.has_magic(path) else "no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refuse from 1x the limit, not 2x
-            with Image.open(path) as img:
-                img.load()  # decode now: truncated or corrupt data fails here, inside this try
-                return to_rgb(img)
-    except UserError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise UserError(f"image too large, refused as a possible decompression bomb ({e}); raise "
-                        f"PIL.Image.MAX_IMAGE_PIXELS if you trust this file") from None
-    except UnidentifiedImageError:
-        raise UserError("not an image that Pillow can read (unknown format or not an image file)") from None
-    except PermissionError:
-        raise UserError("permission denied") from None
-    except _PIL_DATA_ERRORS as e:
-        raise _corrupt(e) from None
-
-
-_PIL_DATA_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)  # what PIL raises for bad data
-
-
-def _corrupt(e: Exception) -> UserError:
-    return UserError(f"the image data is truncated or corrupt ({e})")
-
-
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL image -> 8-bit RGB, upright, with transparency composited on white (module docstring)."""
-    try:
-        img = ImageOps.exif_transpose(img)  # camera orientation (EXIF tag 0x0112); a plain copy when there is none
-    except (OSError, ValueError, SyntaxError, KeyError, TypeError, struct.error):
-        pass  # unreadable EXIF: the pixels are fine, keep them as stored
-    if img.mode.startswith("I") or img.mode == "F":  # 16/32-bit integer or float greyscale
-        img = _to_8bit(img)
-    if "transparency" in img.info and img.mode in ("P", "L", "RGB"):  # palette/tRNS transparency -> alpha
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        img = Image.alpha_composite(Image.new("RGBA", img.size, WHITE), img.convert("RGBA"))
-    try:
-        return img.convert("RGB")
-    except ValueError:  # e.g. LAB, HSV: modes PIL cannot convert
-        raise UserError(f"cannot convert a {img.mode} image to RGB") from None
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit (I;16*, and "I", which is how PIL holds 16-bit data from some files) scaled by 255/65535;
-    float ("F") taken as [0, 1] when it fits there, else as [0, 255]. Out-of-range values are clipped."""
-    a = np.asarray(img).astype(np.float64)
-    if img.mode == "F":
-        a = a * 255.0 if a.size and a.max() <= 1.0 else a
-    else:
-        a = a * (255.0 / 65535.0)
-    return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
-
+from convnext.images import _PIL_DATA_ERRORS, _corrupt, expand_paths, load_image, to_rgb
 
 # ------------------------------------------------------------------------------------------- class names
 

@@ -20,9 +20,8 @@ from PIL import Image
 from convnext import create_model
 from convnext.cli import main
 from convnext.errors import UserError
-from convnext.predict import (
-    Classifier, default_class_names, expand_paths, load_image, preprocessing_from_cfg, to_rgb,
-)
+from convnext.images import expand_paths, load_image, to_rgb
+from convnext.predict import Classifier, default_class_names, preprocessing_from_cfg
 
 CLASSES = [f"class_{c}" for c in "abcdefghij"]
 SIZE = 64

@@ -12,6 +12,8 @@ import pytest
 import torch
 
 import convnext
+from convnext import checkpoint as CK
+from convnext import convert as C
 from convnext import weights as W
 from convnext.errors import UserError
 
@@ -102,9 +104,9 @@ def test_converter_matches_reference(fmt, arch, build):
     ref, run = build(arch)
     randomise(ref)
     sd = ref.state_dict()
-    assert W.detect_format(sd) == fmt
-    converted = W.convert_state_dict(sd)  # format auto-detected
-    assert W.infer_arch(converted) == arch
+    assert C.detect_format(sd) == fmt
+    converted = C.convert_state_dict(sd)  # format auto-detected
+    assert C.infer_arch(converted) == arch
     with torch.device("meta"):  # no init: strict loading below overwrites every tensor
         ours = convnext.create_model(arch, num_classes=7)
     ours = ours.to_empty(device="cpu").eval()
@@ -129,8 +131,8 @@ def test_official_layout_is_identity_after_unwrapping():
     with torch.device("meta"):
         sd = convnext.create_model("convnext_atto").state_dict()
     wrapped = {"model": {"module._orig_mod." + k: v for k, v in sd.items()}}  # DDP around torch.compile
-    assert W.detect_format(wrapped) == "official"
-    out = W.convert_state_dict(wrapped)
+    assert C.detect_format(wrapped) == "official"
+    out = C.convert_state_dict(wrapped)
     assert list(out) == list(sd) and all(out[k] is sd[k] for k in sd)
 
 
@@ -138,21 +140,21 @@ def test_official_layout_is_identity_after_unwrapping():
 def test_infer_arch_and_detect_every_variant(arch):
     with torch.device("meta"):  # shapes only: instant even for XL
         sd = convnext.create_model(arch).state_dict()
-    assert W.detect_format(sd) == "official"
-    assert W.infer_arch(sd) == arch
+    assert C.detect_format(sd) == "official"
+    assert C.infer_arch(sd) == arch
 
 
 def test_converter_errors():
     with pytest.raises(UserError, match="unrecognised checkpoint layout.*supported"):
-        W.detect_format({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)})
+        C.detect_format({"conv1.weight": torch.zeros(1), "fc.weight": torch.zeros(1)})
     with pytest.raises(UserError, match="ConvNeXt-V2"):
-        W.detect_format({"stem.0.weight": torch.zeros(1), "stages.0.blocks.0.mlp.grn.gamma": torch.zeros(1)})
+        C.detect_format({"stem.0.weight": torch.zeros(1), "stages.0.blocks.0.mlp.grn.gamma": torch.zeros(1)})
     with pytest.raises(UserError, match="no ConvNeXt counterpart: head.pre_logits.fc.weight"):
-        W.convert_state_dict({"stem.0.weight": torch.zeros(1), "head.pre_logits.fc.weight": torch.zeros(1)})
+        C.convert_state_dict({"stem.0.weight": torch.zeros(1), "head.pre_logits.fc.weight": torch.zeros(1)})
     with pytest.raises(UserError, match="unknown checkpoint format 'keras'"):
-        W.convert_state_dict({"stem.0.weight": torch.zeros(1)}, src="keras")
+        C.convert_state_dict({"stem.0.weight": torch.zeros(1)}, src="keras")
     with pytest.raises(UserError, match="not a state dict"):
-        W.convert_state_dict({"epoch": 3})
+        C.convert_state_dict({"epoch": 3})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -362,15 +364,15 @@ def test_wrong_variant_is_named(timm_atto_file):
 def test_convert_file_and_model_from_file(timm_atto_file, tmp_path):
     path, x, logits, _ = timm_atto_file
     for name in ("atto.safetensors", "atto.pth"):
-        dst = W.convert_file(path, tmp_path / name)
-        sd, meta = W.load_checkpoint_file(dst)
-        assert W.detect_format(sd) == "official"
+        dst = C.convert_file(path, tmp_path / name)
+        sd, meta = CK.load_checkpoint_file(dst)
+        assert C.detect_format(sd) == "official"
         assert meta["arch"] == "convnext_atto" and meta["num_classes"] == 1000 and meta["converted_from"] == "timm"
         model = W.model_from_file(dst).eval()
         with torch.no_grad():
             torch.testing.assert_close(model(x), logits, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="must end in .safetensors"):
-        W.convert_file(path, tmp_path / "atto.onnx")
+        C.convert_file(path, tmp_path / "atto.onnx")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -382,15 +384,15 @@ def test_safetensors_round_trip(tmp_path):
     torch.manual_seed(0)
     model = randomise(convnext.create_model("convnext_atto", num_classes=3))
     meta = {"class_names": ["cat", "dog", "eel"], "config": {"lr": 4e-3, "epochs": 300}, "git_commit": "abc123"}
-    path = W.save_safetensors(model, tmp_path / "out" / "m.safetensors", metadata=meta)
+    path = CK.save_safetensors(model, tmp_path / "out" / "m.safetensors", metadata=meta)
     assert [p.name for p in path.parent.iterdir()] == ["m.safetensors"]  # no temp file left
-    sd, got = W.load_checkpoint_file(path)
+    sd, got = CK.load_checkpoint_file(path)
     assert got == {**meta, "arch": "convnext_atto", "num_classes": 3}
     ref = model.state_dict()
     assert set(sd) == set(ref) and all(torch.equal(sd[k], ref[k]) and sd[k].dtype == ref[k].dtype for k in ref)
     # a bare state dict with string metadata comes back exactly; other tools see plain strings
-    W.save_safetensors(ref, tmp_path / "bare.safetensors", metadata={"source": "x"})
-    assert W.load_checkpoint_file(tmp_path / "bare.safetensors")[1] == {"source": "x"}
+    CK.save_safetensors(ref, tmp_path / "bare.safetensors", metadata={"source": "x"})
+    assert CK.load_checkpoint_file(tmp_path / "bare.safetensors")[1] == {"source": "x"}
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as f:
@@ -403,14 +405,14 @@ def test_our_training_checkpoint(tmp_path):
     meta = {"arch": "convnext_atto", "num_classes": 10, "class_names": list("abcdefghij"), "config": {"x": 1}}
     path = tmp_path / "ckpt.pth"
     torch.save({"model": sd, "model_ema": ema, "optimizer": {"state": {}}, "epoch": 2, "meta": meta}, path)
-    got, got_meta = W.load_checkpoint_file(path)
+    got, got_meta = CK.load_checkpoint_file(path)
     assert torch.equal(got["a"], sd["a"]) and got_meta == meta
-    assert torch.equal(W.load_checkpoint_file(path, which="model_ema")[0]["a"], ema["a"])
+    assert torch.equal(CK.load_checkpoint_file(path, which="model_ema")[0]["a"], ema["a"])
     torch.save({"model": sd}, tmp_path / "official.pth")
     with pytest.raises(UserError, match="no EMA weights"):
-        W.load_checkpoint_file(tmp_path / "official.pth", which="model_ema")
+        CK.load_checkpoint_file(tmp_path / "official.pth", which="model_ema")
     torch.save(sd, tmp_path / "bare.pt")
-    assert list(W.load_checkpoint_file(tmp_path / "bare.pt")[0]) == ["a"]
+    assert list(CK.load_checkpoint_file(tmp_path / "bare.pt")[0]) == ["a"]
 
 
 @pytest.mark.parametrize("extra", [argparse.Namespace(lr=4e-3), Opaque()], ids=["namespace", "custom_class"])
@@ -418,34 +420,34 @@ def test_pickled_objects_are_refused(tmp_path, extra):
     path = tmp_path / "pickled.pth"
     torch.save({"model": {"a": torch.zeros(2)}, "args": extra}, path)
     with pytest.raises(UserError, match="contains pickled Python objects.*refusing to unpickle") as e:
-        W.load_checkpoint_file(path)
+        CK.load_checkpoint_file(path)
     assert type(extra).__name__ in str(e.value)
 
 
 def test_bad_files_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="no such checkpoint file"):
-        W.load_checkpoint_file(tmp_path / "missing.pth")
+        CK.load_checkpoint_file(tmp_path / "missing.pth")
     with pytest.raises(UserError, match="is not a file"):
-        W.load_checkpoint_file(tmp_path)
+        CK.load_checkpoint_file(tmp_path)
     good = tmp_path / "good.pth"
     torch.save({"model": {"w": torch.randn(256, 256)}}, good)
     data = good.read_bytes()
     (tmp_path / "truncated.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(UserError, match="truncated or corrupt"):
-        W.load_checkpoint_file(tmp_path / "truncated.pth")
+        CK.load_checkpoint_file(tmp_path / "truncated.pth")
     (tmp_path / "notes.pth").write_text("not a checkpoint\n" * 10)
     with pytest.raises(UserError, match="truncated or corrupt"):
-        W.load_checkpoint_file(tmp_path / "notes.pth")
+        CK.load_checkpoint_file(tmp_path / "notes.pth")
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(UserError, match="holds a Tensor, not a checkpoint"):
-        W.load_checkpoint_file(tmp_path / "tensor.pth")
+        CK.load_checkpoint_file(tmp_path / "tensor.pth")
     torch.save({"epoch": 3, "best": 81.0}, tmp_path / "nothing.pth")
     with pytest.raises(UserError, match="not a model checkpoint"):
-        W.load_checkpoint_file(tmp_path / "nothing.pth")
-    W.save_safetensors({"w": torch.randn(64, 64)}, tmp_path / "x.safetensors")
+        CK.load_checkpoint_file(tmp_path / "nothing.pth")
+    CK.save_safetensors({"w": torch.randn(64, 64)}, tmp_path / "x.safetensors")
     data = (tmp_path / "x.safetensors").read_bytes()
     (tmp_path / "x.safetensors").write_bytes(data[:-100])
     with pytest.raises(UserError, match="not a readable safetensors file"):
-        W.load_checkpoint_file(tmp_path / "x.safetensors")
+        CK.load_checkpoint_file(tmp_path / "x.safetensors")
     with pytest.raises(UserError, match="no such checkpoint file"):
         convnext.create_model("convnext_atto", pretrained=str(tmp_path / "nope.pth"))

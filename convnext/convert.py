@@ -1,0 +1,162 @@
+"""Converters: state dicts in the layouts people hold (timm, torchvision, HF transformers, and the official one)
+into ours, which is the official key layout (paper.md §4.5).
+
+- `detect_format` tells the layout from the keys; `convert_state_dict` renames the keys (and reshapes the
+  tensors a layout stores differently); `infer_arch` names the variant whose depths and widths a state dict
+  has; `convert_file` converts a checkpoint file and writes it as .safetensors or .pth.
+- Converters are key-renaming tables, picked by the keys a state dict has (`detect_format`); a key no rule
+  covers is an error, never silently dropped.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from convnext.checkpoint import _atomic_write, _is_state_dict, load_checkpoint_file, save_safetensors
+from convnext.errors import UserError
+from convnext.model import VARIANTS
+
+# ----------------------------------------------------------------------------------------------------------
+# Converters: other layouts -> ours (the official keys, paper.md §4.5)
+# ----------------------------------------------------------------------------------------------------------
+
+# Each rule is (regex on the source key, replacement); the first match wins and a key no rule matches is an
+# error; the rest of the key (`weight`, `bias`) is kept. `_BLOCK` is the official block prefix `stages.<i>.<j>.`.
+_BLOCK = r"stages.\1.\2."
+_RULES: dict[str, list[tuple[str, object]]] = {
+    "official": [(r"^(.*)$", r"\1")],
+    "timm": [
+        (r"^stem\.([01])\.", r"downsample_layers.0.\1."),
+        (r"^stages\.(\d+)\.downsample\.([01])\.", r"downsample_layers.\1.\2."),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.", _BLOCK + "dwconv."),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", _BLOCK + "norm."),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.", _BLOCK + r"pwconv\3."),  # (out,in,1,1) if conv_mlp
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", _BLOCK + "gamma"),
+        (r"^head\.norm\.", "norm."),
+        (r"^head\.fc\.", "head."),
+    ],
+    "torchvision": [
+        (r"^features\.0\.([01])\.", r"downsample_layers.0.\1."),
+        # features = [stem, stage0, down1, stage1, down2, stage2, down3, stage3]: odd = stage, even = downsample
+        (r"^features\.([1357])\.(\d+)\.block\.0\.", lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.dwconv."),
+        (r"^features\.([1357])\.(\d+)\.block\.2\.", lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.norm."),
+        (r"^features\.([1357])\.(\d+)\.block\.3\.", lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.pwconv1."),
+        (r"^features\.([1357])\.(\d+)\.block\.5\.", lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.pwconv2."),
+        (r"^features\.([1357])\.(\d+)\.layer_scale$", lambda m: f"stages.{int(m[1]) // 2}.{m[2]}.gamma"),  # (C,1,1)
+        (r"^features\.([246])\.([01])\.", lambda m: f"downsample_layers.{int(m[1]) // 2}.{m[2]}."),
+        (r"^classifier\.0\.", "norm."),
+        (r"^classifier\.2\.", "head."),
+    ],
+    "hf": [
+        (r"^(?:convnext\.)?embeddings\.patch_embeddings\.", "downsample_layers.0.0."),
+        (r"^(?:convnext\.)?embeddings\.layernorm\.", "downsample_layers.0.1."),
+        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.", r"downsample_layers.\1.\2."),
+        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", _BLOCK + "dwconv."),
+        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", _BLOCK + "norm."),
+        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv([12])\.", _BLOCK + r"pwconv\3."),
+        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", _BLOCK + "gamma"),
+        (r"^(?:convnext\.)?layernorm\.", "norm."),  # HF's final LN eps defaults to 1e-12 (official 1e-6)
+        (r"^classifier\.", "head."),
+    ],
+}
+FORMATS = tuple(_RULES)
+
+# The key that identifies each layout (checked in this order).
+_SIGNATURES = {
+    "official": (r"^downsample_layers\.0\.0\.weight$", r"^stem\.weight$"),  # hierarchical / isotropic
+    "timm": (r"^stem\.0\.weight$",),
+    "torchvision": (r"^features\.0\.0\.weight$",),
+    "hf": (r"^(convnext\.)?embeddings\.patch_embeddings\.weight$",),
+}
+
+
+def _unwrap(sd: Mapping) -> dict:
+    """`{"model": sd}` / `{"state_dict": sd}` -> sd, and drop a `module.` (DDP) or `_orig_mod.` (compile) prefix."""
+    for name in ("model", "state_dict"):
+        if name in sd and isinstance(sd[name], Mapping):
+            sd = sd[name]
+    sd = dict(sd)
+    for prefix in ("module.", "_orig_mod."):
+        if sd and all(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items()}
+    if not _is_state_dict(sd):
+        raise UserError("this is not a state dict: expected a mapping of parameter names to tensors")
+    return sd
+
+
+def detect_format(sd: Mapping) -> str:
+    """'official' (= ours), 'timm', 'torchvision' or 'hf', from the keys."""
+    sd = _unwrap(sd)
+    if any("grn" in k for k in sd):
+        raise UserError("this is a ConvNeXt-V2 checkpoint (it has GRN layers), which a ConvNeXt (V1) model cannot load")
+    for fmt, patterns in _SIGNATURES.items():
+        if any(re.match(p, k) for p in patterns for k in sd):
+            return fmt
+    raise UserError(f"unrecognised checkpoint layout (first keys: {', '.join(list(sd)[:4])}); supported layouts: "
+                    "official ConvNeXt (and ours), timm, torchvision, HF transformers")
+
+
+def convert_state_dict(sd: Mapping, src: str | None = None) -> dict:
+    """A state dict in any supported layout -> ours (the official keys and shapes). `src=None` detects it."""
+    sd = _unwrap(sd)
+    src = detect_format(sd) if src is None else src
+    if src not in _RULES:
+        raise UserError(f"unknown checkpoint format {src!r}; known formats: {', '.join(FORMATS)}")
+    rules = [(re.compile(pattern), repl) for pattern, repl in _RULES[src]]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        for pattern, repl in rules:
+            m = pattern.match(key)
+            if m:
+                new = (repl(m) if callable(repl) else m.expand(repl)) + key[m.end():]
+                break
+        else:
+            raise UserError(f"the {src} checkpoint has a key with no ConvNeXt counterpart: {key}")
+        # Linear weights stored as 1x1 convs (timm's conv_mlp variants) and torchvision's (C,1,1) layer scale
+        if new.endswith(("pwconv1.weight", "pwconv2.weight")) and value.ndim == 4:
+            value = value.flatten(1)
+        elif new.endswith("gamma") and value.ndim > 1:
+            value = value.reshape(-1)
+        out[new] = value
+    return out
+
+
+def infer_arch(sd: Mapping) -> str | None:
+    """The variant whose depths and widths a state dict in our layout has, or None."""
+    sd = _unwrap(sd)
+    if "stem.weight" in sd:  # isotropic
+        depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
+        shape = ((depth,), (sd["stem.weight"].shape[0],))
+    elif "downsample_layers.0.0.weight" in sd:
+        convs = [f"downsample_layers.{i}.{0 if i == 0 else 1}.weight" for i in range(4)]  # stem, 3 downsamplings
+        dims = [sd[k].shape[0] for k in convs if k in sd]
+        depths = [len({k.split(".")[2] for k in sd if k.startswith(f"stages.{i}.")}) for i in range(4)]
+        shape = (tuple(depths), tuple(dims))
+    else:
+        return None
+    for name, v in VARIANTS.items():
+        if (v.depths, v.dims) == shape:
+            return name
+    return None
+
+
+def convert_file(src_path: str | Path, dst_path: str | Path, which: str = "model") -> Path:
+    """Any supported checkpoint file -> our layout, written as .safetensors or .pth (`{"model": sd, "meta": ...}`)."""
+    sd, meta = load_checkpoint_file(src_path, which)
+    fmt = detect_format(sd)
+    sd = convert_state_dict(sd, fmt)
+    meta = {**meta, "converted_from": fmt, "source": Path(src_path).name}
+    if "arch" not in meta and infer_arch(sd):
+        meta["arch"] = infer_arch(sd)
+    if "head.weight" in sd:
+        meta.setdefault("num_classes", int(sd["head.weight"].shape[0]))
+    dst = Path(dst_path)
+    if dst.suffix == ".safetensors":
+        return save_safetensors(sd, dst, meta)
+    if dst.suffix not in (".pth", ".pt"):
+        raise UserError(f"cannot write {dst}: the output must end in .safetensors, .pth or .pt")
+    _atomic_write(dst, lambda tmp: torch.save({"model": sd, "meta": meta}, tmp))
+    return dst
