@@ -32,10 +32,14 @@ def main():
         wall = time.perf_counter() - t0
         summary = json.load(open(os.path.join(run, "summary.json")))
         metrics = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
+        cfg = json.load(open(os.path.join(run, "config.json")))["config"]
+    d, t = cfg["data"], cfg["train"]
     result = {
         "setting": f"device=cpu ({platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}) dtype=fp32 batch=128 img=32 memory_format=contiguous compile=none "
-                   f"torch={torch.__version__}",
+                   f"{torch.get_num_threads()}) dtype={t['precision']} batch={d['batch_size']} img={d['img_size']} "
+                   f"memory_format={'channels_last' if t['channels_last'] else 'contiguous'} "
+                   f"compile={'default' if t['compile'] else 'none'} model={cfg['model']['name']} "
+                   f"epochs={t['epochs']} torch={torch.__version__}",
         "overrides": a.overrides, "wall_s": round(wall, 1), "summary": summary, "metrics": metrics,
     }
     print(f"demo: {wall:.0f} s wall-clock, final top-1 {summary['final_top1']:.2f}, best {summary['best_top1']:.2f}, "

@@ -255,7 +255,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=40, help="timed steps per contender in (a)")
     p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     p.add_argument("--classes", type=int, default=1000)
-    p.add_argument("--per-class", type=int, default=5, help="train images per class in (b)")
+    p.add_argument("--per-class", type=int, default=10, help="train images per class in (b)")
     p.add_argument("--only", choices=["loop", "pipeline"])
     p.add_argument("--smoke", action="store_true")
     a = p.parse_args()

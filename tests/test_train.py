@@ -332,3 +332,19 @@ def test_nan_loss_stops_with_checkpoint_intact(image_folder, tmp_path, capsys):
     good = torch.load(out / "last.pt", weights_only=True)  # intact and readable
     assert good["step"] == failed_at  # written after the last step whose loss was finite
     assert failed_at >= 1  # step 0's loss is finite; the lr of 1e30 blows the weights up after it
+
+
+def test_synthetic_data_runs_the_whole_loop(tmp_path):
+    """data.dataset=synthetic (for timing): one fixed batch, the model's channel count, every part of the loop."""
+    from convnext.data import build_data
+    from convnext.train import train
+
+    cfg = small_cfg("", **{"data.dataset": "synthetic", "model.in_chans": 1, "data.limit_train": 40,
+                           "data.limit_eval": 10, "train.max_steps": 3})
+    data = build_data(cfg.data, in_chans=1)
+    x, y = next(data.train_batches(0, range(1), 1, 1, 0))
+    assert x.shape == (8, 1, 32, 32) and y.shape == (8,) and data.num_classes == 1000
+    assert sum(len(b[1]) for b in data.eval_batches(world=2, rank=1)) == 5  # its shard of 10, nothing twice
+    summary = train(cfg, tmp_path / "r")
+    assert summary["steps"] == 3 and summary["final_top1"] is not None
+
