@@ -13,6 +13,9 @@ Differences from the official code, none of which changes a key or a number:
 - The channels-first LayerNorm is permute -> F.layer_norm -> permute, which computes the same per-position
   normalisation over channels as the official hand-written mean/variance, and is free on channels_last input.
 - Per-stage gradient checkpointing, `forward_intermediates` and `reset_classifier`, as users know from timm.
+- The depthwise conv (`DepthwiseConv2d`, an nn.Conv2d with the same parameters) crops its 7x7 kernel to the
+  taps that can reach a map smaller than it (the 2x2 and 1x1 stages of a 32 px input) and uses a faster CPU
+  backward there: the same function, ~1.9x faster CPU training at 32 px; nothing changes at 224 px.
 """
 from __future__ import annotations
 

@@ -348,3 +348,20 @@ def test_synthetic_data_runs_the_whole_loop(tmp_path):
     summary = train(cfg, tmp_path / "r")
     assert summary["steps"] == 3 and summary["final_top1"] is not None
 
+
+
+def test_readme_finetune_command(image_folder, tmp_path, capsys):
+    """`convnext train --config folder --data DIR --init WEIGHTS` (the README's fine-tune line), offline: the
+    weights are a local official-format file; the head is replaced for the folder's classes."""
+    src = convnext.create_model("convnext_atto")  # 1,000 classes, as an ImageNet checkpoint
+    path = tmp_path / "convnext_atto_official.pth"
+    torch.save({"model": src.state_dict()}, path)
+    out = tmp_path / "mine"
+    code = cli(["train", "--config", "folder", "--data", str(image_folder), "--init", str(path), "--out", str(out),
+                "model.name=convnext_atto", "data.img_size=32", "data.batch_size=8", "data.workers=0",
+                "train.precision=fp32", "train.max_steps=2", "train.channels_last=false"])
+    assert code == 0
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["model"]["head.weight"].shape == (4, 320) and ck["meta"]["class_names"] == [f"class_{i}" for i in range(4)]
+    moved = (ck["model"]["stages.0.0.pwconv1.weight"] - src.state_dict()["stages.0.0.pwconv1.weight"]).abs().max()
+    assert moved < 1e-3  # started from the file's backbone (lr 5e-5 scaled to batch 8: tiny steps)
