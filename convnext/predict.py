@@ -7,7 +7,7 @@
 
 What is not obvious:
 - Preprocessing comes from the weights (the registry entry, or the `preprocessing` a checkpoint of ours
-  stores) and is the official eval protocol, `convnext.data.eval_transform`: resize the short side to
+  stores) and is the official eval protocol, `convnext.transforms.eval_transform`: resize the short side to
   int(size / crop_pct) and centre-crop below 384; resize to size x size at crop_pct 1.0; bicubic.
 - Images are read by convnext/images.py: EXIF orientation, 16-bit greyscale, transparency and the
   decompression-bomb limit are explained there.
@@ -75,7 +75,8 @@ class Prediction:
 def preprocessing_from_cfg(cfg: dict | None, in_chans: int = 3):
     """A `convnext.data.Preprocessing` from a pretrained cfg: its `preprocessing` entry (registry and our
     checkpoints), else flat keys (`input_size`/`img_size`, `crop_pct`, ...) in it or in its `meta`."""
-    from convnext.data import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, default_crop_pct
+    from convnext.data import Preprocessing
+    from convnext.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_pct
 
     cfg = dict(cfg or {})
     meta = cfg.get("meta") or {}
@@ -102,7 +103,7 @@ class Classifier:
 
     def __init__(self, model: nn.Module, preprocessing=None, class_names: list[str] | None = None, *,
                  fold: bool = True, device: str | torch.device = "cpu", batch_size: int = 32, source: str = ""):
-        from convnext.data import eval_transform
+        from convnext.transforms import eval_transform
         from convnext.fold import fold_for_inference
 
         if not getattr(model, "num_classes", 0):

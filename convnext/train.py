@@ -23,11 +23,12 @@ from torch import nn
 from convnext import distributed
 from convnext.checkpoint import atomic_save, atomic_write_text, git_commit, load_run_checkpoint
 from convnext.config import Config, apply_overrides, derive, dumps, from_dict, load_config
-from convnext.data import build_data, mixup_fn, seed_everything, step_seed
+from convnext.data import build_data, seed_everything, step_seed
 from convnext.errors import UserError
 from convnext.evaluate import evaluate
 from convnext.model import create_model
 from convnext.optim import EMA, build_optimizer, lr_at, set_lr
+from convnext.transforms import mixup_fn
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

@@ -22,14 +22,13 @@ from convnext.checkpoint import _atomic_write, load_checkpoint_file
 from convnext.convert import convert_state_dict, infer_arch
 from convnext.errors import UserError
 from convnext.model import VARIANTS, create_model, get_variant
+from convnext.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # ----------------------------------------------------------------------------------------------------------
 # The registry (official README tables, paper.md §1.5)
 # ----------------------------------------------------------------------------------------------------------
 
 URL_ROOT = "https://dl.fbaipublicfiles.com/convnext/"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IN22K_CLASSES = 21841  # the fall11 ImageNet-22K folders (official issue #22)
 
 # (arch, tag, official file name, num_classes, resolution, top-1 reported by the README; None where it reports

@@ -331,7 +331,7 @@ def test_depthwise_conv_small_maps_same_function(hw, channels_last):
     output and every gradient equal the plain padded conv's (float64)."""
     import torch.nn.functional as F
 
-    from convnext.model import DepthwiseConv2d
+    from convnext.dwconv import DepthwiseConv2d
 
     torch.manual_seed(0)
     conv = DepthwiseConv2d(6, 6, kernel_size=7, padding=3, groups=6).double()

@@ -123,7 +123,7 @@ def test_randaugment_never_raises_on_posterize():
     from PIL import Image
 
     from convnext.config import DataConfig
-    from convnext.data import clamp_posterize, train_transform
+    from convnext.transforms import clamp_posterize, train_transform
 
     t = train_transform(DataConfig(img_size=16))
     assert clamp_posterize(t) >= 0  # idempotent call works; the transform already holds wrapped ops
