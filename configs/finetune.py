@@ -21,16 +21,14 @@ def get_config(arg: str = "22k_1k_224:base") -> Config:
         res = int(kind[-3:])
         init, drop, decay = f"convnext_{size}.fb_in22k", DROP_22K_1K[size], 0.8
         ema = 0.9999 if size == "xlarge" else 0.0
-        init_key = "model"
     elif kind == "1k_384":
         res, init, drop, decay, ema = 384, f"convnext_{size}.fb_in1k_noema", DROP_1K_384[size], 0.7, 0.0
         if size == "large":  # §A.2: 1K-pretrained L starts from its EMA weights (the released 1K file is EMA)
             init = "convnext_large.fb_in1k"
-        init_key = "model"
     else:
         raise ValueError(f"unknown fine-tuning kind {kind!r}: 22k_1k_224, 22k_1k_384 or 1k_384")
     return Config(
-        model=ModelConfig(name=f"convnext_{size}", drop_path=drop, head_init_scale=0.001, init=init, init_key=init_key),
+        model=ModelConfig(name=f"convnext_{size}", drop_path=drop, head_init_scale=0.001, init=init),
         data=DataConfig(img_size=res, batch_size=32 if res == 224 else 16, mixup=0.0, cutmix=0.0),
         optim=OptimConfig(lr=5e-5, lr_batch=512, weight_decay=1e-8, warmup_epochs=0, layer_decay=decay),
         train=TrainConfig(epochs=30, accum_steps=2 if res == 224 else 4, ema_decay=ema),  # 8 GPUs -> 512

@@ -5,13 +5,14 @@ layer scale off for S/B (on for L), stochastic depth 0.1 / 0.2 / 0.5.
 
 Expected (Table 2): S 79.7 (the README says 78.7), B 82.0, L 82.6.
 """
-from convnext.config import DROP_PATH_IN1K, Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from convnext.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
+from convnext.model import get_variant
 
 
 def get_config(size: str = "small") -> Config:
     name = f"convnext_isotropic_{size}"
     return Config(
-        model=ModelConfig(name=name, drop_path=DROP_PATH_IN1K[name], layer_scale=1e-6 if size == "large" else 0.0),
+        model=ModelConfig(name=name, drop_path=get_variant(name).drop_path, layer_scale=1e-6 if size == "large" else 0.0),
         data=DataConfig(batch_size=64 if size == "large" else 128),
         optim=OptimConfig(warmup_epochs=50),
         train=TrainConfig(accum_steps=8 if size == "large" else 4),

@@ -2,10 +2,12 @@
 
     import convnext
     model = convnext.create_model("convnext_tiny", pretrained=True)
+    model = convnext.load_model("runs/demo/best_ema.pt")        # a model from weights
 """
+from convnext.factory import create_model, load_model
 from convnext.fold import fold_for_inference
-from convnext.model import VARIANTS, ConvNeXt, ConvNeXtIsotropic, create_model, get_variant, list_models
+from convnext.model import VARIANTS, ConvNeXt, ConvNeXtIsotropic, build_model, get_variant, list_models
 
-__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "fold_for_inference", "get_variant",
-           "list_models"]
+__all__ = ["VARIANTS", "ConvNeXt", "ConvNeXtIsotropic", "build_model", "create_model", "fold_for_inference",
+           "get_variant", "list_models", "load_model"]
 __version__ = "0.1.0"

@@ -1,30 +1,77 @@
-"""Run checkpoints: written atomically (temp file in the same folder, then rename), read back weights-only.
+"""Checkpoint files: the one atomic writer, run checkpoints, and weights-only reading of any weights file.
 
-A checkpoint is a dict of tensors and plain data only (so `torch.load(weights_only=True)` reads it):
-  model, model_ema (optional), optimizer, scaler (fp16 only), step, epoch, best_top1,
-  meta = {arch, num_classes, class_names, preprocessing, config, derived, git_commit, torch}.
-Its `model` entry is the official layout, so a checkpoint of ours is also a valid fine-tuning source.
+Writing: `atomic_write` puts the bytes in a temp file in the destination's folder, fsyncs it, renames it over the
+destination and fsyncs the folder, so a crash, a kill -9 or a full disk never leaves a half-written file under
+the real name. The file gets the mode a plain `open()` would give (0666 minus the umask), not a temp file's 0600.
+`save` (torch.save), `write_text` and `save_safetensors` go through it, and so do downloads (weights.py).
 
-Weight files of any origin (official, ours, timm's, safetensors) are read here too (`load_checkpoint_file`):
-every `.pth` is read with `torch.load(weights_only=True)`, so a file that needs arbitrary unpickling is refused.
+A run checkpoint (convnext/engine.py) is a dict of tensors and plain data only, so `torch.load(weights_only=True)`
+reads it: model, model_ema (optional), optimizer, scaler (fp16 only), step, epoch, best, meta = {task, config,
+derived, git_commit, torch, and the task's own entries: arch, num_classes, class_names, preprocessing for
+classification}. Its `model` entry is the official layout, so a checkpoint of ours is also a fine-tuning source.
+
+Reading (`load_checkpoint_file`): an official `{"model": sd}`, a bare state dict, one of our checkpoints, timm's
+(`state_dict`, `state_dict_ema`) or safetensors; every `.pth` with `torch.load(weights_only=True)`, so a file that
+needs arbitrary unpickling is refused.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import secrets
 import subprocess
-import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from convnext.errors import UserError
 
+# ------------------------------------------------------------------------------------------------- writing
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """`write(tmp)` fills a temp file beside `path`; it is then fsynced and renamed to `path` (module docstring)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # 0666 minus the umask, as open() gives
+    mode = os.stat(tmp).st_mode
+    try:
+        write(tmp)
+        os.chmod(tmp, mode)  # a writer that replaced the file (a download) must not leave its own mode behind
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power cut once the folder is synced
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # some file systems cannot sync a folder; the file itself is already synced
+        pass
+    return path
+
+
+def save(obj, path: str | Path) -> Path:
+    """torch.save(obj) to `path`, atomically."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def write_text(text: str, path: str | Path) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
 
 def git_commit() -> str:
+    """The commit of this checkout ("unknown" outside git): stored in every run and benchmark result."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
                              text=True, timeout=10)
@@ -33,30 +80,41 @@ def git_commit() -> str:
         return "unknown"
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_JSON_KEYS = "__json_keys__"  # safetensors metadata holds strings; names the entries we stored as JSON
 
 
-def atomic_write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+def save_safetensors(model_or_sd: nn.Module | Mapping, path: str | Path, metadata: Mapping | None = None) -> Path:
+    """Write weights (ours: the official layout) to .safetensors atomically.
+
+    Metadata values that are not strings (num_classes, class_names, a config dict) are stored as JSON and
+    come back decoded through `load_checkpoint_file`. A model also records its arch and num_classes.
+    """
+    meta = dict(metadata or {})
+    if isinstance(model_or_sd, nn.Module):
+        sd = model_or_sd.state_dict()
+        for key in ("arch", "num_classes"):
+            if hasattr(model_or_sd, key):
+                meta.setdefault(key, getattr(model_or_sd, key))
+    else:
+        sd = model_or_sd
+    encoded, as_json = {}, []
+    for key, value in meta.items():
+        if isinstance(value, str):
+            encoded[str(key)] = value
+        else:
+            encoded[str(key)] = json.dumps(value, default=str)  # a Path in a config becomes its string
+            as_json.append(str(key))
+    if as_json:
+        encoded[_JSON_KEYS] = json.dumps(as_json)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=encoded))
+
+
+# ------------------------------------------------------------------------------------------------- reading
 
 
 def load_run_checkpoint(path: str | Path) -> dict:
+    """One of our run checkpoints (last.pt, best.pt), weights-only."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"no checkpoint at {path}")
@@ -65,13 +123,6 @@ def load_run_checkpoint(path: str | Path) -> dict:
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same mistake for the user
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}); it is corrupt or not a "
                         f"weights-only checkpoint") from None
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Reading and writing files
-# ----------------------------------------------------------------------------------------------------------
-
-_JSON_KEYS = "__json_keys__"  # safetensors metadata holds strings; names the entries we stored as JSON
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -112,13 +163,11 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = dict(f.metadata() or {})
             sd = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # noqa: BLE001 - SafetensorError and OSError
+    except (SafetensorError, OSError) as e:
         raise UserError(f"{path} is not a readable safetensors file (truncated or corrupt: {e})") from None
     for key in json.loads(metadata.pop(_JSON_KEYS, "[]")):
         if key in metadata:
@@ -126,71 +175,24 @@ def _read_safetensors(path: Path) -> dict:
     return {"model": sd, "meta": metadata}
 
 
-def _is_state_dict(obj) -> bool:
+def is_state_dict(obj) -> bool:
+    """A non-empty mapping of names to tensors."""
     return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
 
 
-def load_checkpoint_file(path: str | Path, which: str = "model") -> tuple[dict, dict]:
-    """(state dict, meta) from any checkpoint file: an official `{"model": sd}`, a bare state dict, one of our
-    training checkpoints (`model`, `model_ema`, `meta`), timm's (`state_dict`, `state_dict_ema`), safetensors.
+def load_checkpoint_file(path: str | Path, ema: bool = False) -> tuple[dict, dict]:
+    """(state dict, meta) from any checkpoint file (module docstring); `ema=True` picks the EMA weights.
 
-    `which` picks the raw ("model") or EMA ("model_ema") weights. The state dict is returned in the file's own
-    layout; `convert_state_dict` turns it into ours.
+    The state dict is returned in the file's own layout; `convnext.convert.convert_state_dict` turns it into ours.
     """
-    if which not in ("model", "model_ema"):
-        raise UserError(f"which={which!r} must be 'model' or 'model_ema'")
     obj = read_checkpoint(path)
     meta = dict(obj["meta"]) if isinstance(obj.get("meta"), Mapping) else {}
-    names = ("model", "state_dict") if which == "model" else ("model_ema", "state_dict_ema")
-    for name in names:
-        if _is_state_dict(obj.get(name)):
+    for name in (("model_ema", "state_dict_ema") if ema else ("model", "state_dict")):
+        if is_state_dict(obj.get(name)):
             return dict(obj[name]), meta
-    if which == "model" and _is_state_dict(obj):
+    if ema:
+        raise UserError(f"{path} has no EMA weights (no 'model_ema' entry); leave out the EMA option")
+    if is_state_dict(obj):
         return obj, {}
-    if which == "model_ema":
-        raise UserError(f"{path} has no EMA weights (no 'model_ema' entry); use which='model'")
     raise UserError(f"{path} is not a model checkpoint: it has no state dict of tensors "
                     f"(its entries: {', '.join(map(str, list(obj)[:8]))})")
-
-
-def save_safetensors(model_or_sd: nn.Module | Mapping, path: str | Path, metadata: Mapping | None = None) -> Path:
-    """Write weights (ours: the official layout) to .safetensors atomically (temp file, then rename).
-
-    Metadata values that are not strings (num_classes, class_names, a config dict) are stored as JSON and
-    come back decoded through `load_checkpoint_file`. A model also records its arch and num_classes.
-    """
-    from safetensors.torch import save_file
-
-    meta = dict(metadata or {})
-    if isinstance(model_or_sd, nn.Module):
-        sd = model_or_sd.state_dict()
-        if hasattr(model_or_sd, "arch"):
-            meta.setdefault("arch", model_or_sd.arch)
-        if hasattr(model_or_sd, "num_classes"):
-            meta.setdefault("num_classes", model_or_sd.num_classes)
-    else:
-        sd = model_or_sd
-    encoded, as_json = {}, []
-    for key, value in meta.items():
-        if isinstance(value, str):
-            encoded[str(key)] = value
-        else:
-            encoded[str(key)] = json.dumps(value, default=str)  # a Path in a config becomes its string
-            as_json.append(str(key))
-    if as_json:
-        encoded[_JSON_KEYS] = json.dumps(as_json)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=encoded))
-    return Path(path)
-
-
-# Not `atomic_save`: `write` gets a path (a download, safetensors' save_file), and there is no fsync here.
-def _atomic_write(path: Path, write) -> None:
-    """write(tmp) then rename: a crash or a full disk never leaves a half-written file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

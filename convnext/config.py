@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ class ModelConfig:
     head_init_scale: float = 1.0  # Table 6: 0.001 when fine-tuning
     in_chans: int = 3
     init: str = ""  # fine-tune from: a registry tag, an official checkpoint or one of ours ("" = from scratch)
-    init_key: str = "model"  # which weights of `init` to start from: "model" or "model_ema" (§A.2)
+    init_ema: bool = False  # start from the EMA weights of `init` (a checkpoint of ours; §A.2)
     grad_checkpointing: bool = False
 
 
@@ -64,6 +65,14 @@ class OptimConfig:
     warmup_epochs: float = 20.0
     layer_decay: float = 1.0  # Table 6: 0.7 (1K->384), 0.8 (22K->1K); 1.0 = off
     clip_grad: float = 0.0  # max global grad norm; 0 = off (Table 5: none). Applied in every precision
+    # The lr schedule after the warm-up (convnext/optim.py: lr_at). cosine: the official classification schedule
+    # (to min_lr, over the steps after the warm-up); poly: (1 - t/T)^poly_power down to min_lr (UperNet: power 1,
+    # min 0); step: x0.1 at each epoch in `milestones` (Mask R-CNN 3x: 27, 33).
+    schedule: str = "cosine"
+    poly_power: float = 1.0
+    milestones: tuple[float, ...] = ()  # epochs, for schedule=step
+    warmup_steps: int = 0  # warm-up in optimizer steps, instead of warmup_epochs (mmdetection 500, UperNet 1500)
+    warmup_ratio: float = 0.0  # the warm-up starts at this fraction of the lr (mmdetection 0.001; Table 5: 0)
 
 
 @dataclass(frozen=True)
@@ -75,7 +84,11 @@ class TrainConfig:
     compile: bool = False
     ema_decay: float = 0.9999  # 0 = no EMA (roadmap runs: §2 "EMA severely hurts models with BatchNorm")
     seed: int = 0
+    total_steps: int = 0  # the schedule's length in optimizer steps (0 = epochs x steps per epoch); UperNet: 160k
     eval_every: int = 1  # epochs
+    eval_every_steps: int = 0  # evaluate every N optimizer steps instead (iteration-based runs; UperNet: 16k)
+    eval_subset: int = 0  # where no evaluation is due at an epoch's end, evaluate on a fixed random subset of this
+    #                       many evaluation images (0 = off): a curve per epoch when full evaluations are rare
     ckpt_every_steps: int = 0  # also write `last` every N optimizer steps (0 = at epoch ends only)
     log_every: int = 50  # steps, for plain-text progress when not on a terminal
     max_steps: int = 0  # stop after this many optimizer steps (0 = the whole schedule); for tests and smoke runs
@@ -90,11 +103,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-# Stochastic depth per model (Table 5, IN-1K; isotropic from TRAINING.md)
-DROP_PATH_IN1K = {"convnext_tiny": 0.1, "convnext_small": 0.4, "convnext_base": 0.5, "convnext_large": 0.5,
-                  "convnext_isotropic_small": 0.1, "convnext_isotropic_base": 0.2, "convnext_isotropic_large": 0.5}
 
 
 def replace(cfg, **changes):
@@ -120,7 +128,7 @@ def _parse_value(text: str, typ, key: str):
     """Parse an override's text as the field's declared type; a mismatch is a UserError."""
     origin = typing.get_origin(typ)
     args = typing.get_args(typ)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if type(None) in args and text.lower() in ("none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
@@ -133,6 +141,8 @@ def _parse_value(text: str, typ, key: str):
         raise UserError(f"{key} takes true or false, not {text!r}")
     if origin is tuple:
         parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[float, ...]: any number of values
+            return tuple(_parse_value(p.strip(), args[0], key) for p in parts)
         if len(parts) != len(args):
             raise UserError(f"{key} takes {len(args)} comma-separated values, not {text!r}")
         return tuple(_parse_value(p.strip(), a, key) for a, p in zip(args, parts))
@@ -200,15 +210,20 @@ class Derived:
     lr: float  # the peak learning rate actually used
     lr_rule: str
     steps_per_epoch: int  # optimizer steps
-    total_steps: int
+    total_steps: int  # the schedule's length
     warmup_steps: int
+    milestone_steps: tuple[int, ...] = ()  # schedule=step: where the lr drops x0.1
 
     def describe(self) -> str:
+        drops = f", x0.1 at steps {', '.join(map(str, self.milestone_steps))}" if self.milestone_steps else ""
         return (
             f"effective batch {self.effective_batch} (= per-device batch x {self.world_size} processes x accumulation); "
             f"lr {self.lr:.3g} ({self.lr_rule}); {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
-            f"{self.warmup_steps} warm-up steps"
+            f"{self.warmup_steps} warm-up steps{drops}"
         )
+
+
+SCHEDULES = ("cosine", "poly", "step")
 
 
 def derive(cfg: Config, num_train: int, world_size: int) -> Derived:
@@ -223,10 +238,15 @@ def derive(cfg: Config, num_train: int, world_size: int) -> Derived:
     else:
         lr = cfg.optim.lr
         rule = "as given, not scaled (optim.scale_lr=false)"
-    total = steps_per_epoch * cfg.train.epochs
+    o = cfg.optim
+    if o.schedule not in SCHEDULES:
+        raise UserError(f"optim.schedule={o.schedule!r} is not one of {', '.join(SCHEDULES)}")
+    total = cfg.train.total_steps or steps_per_epoch * cfg.train.epochs
+    warmup = o.warmup_steps or round(o.warmup_epochs * steps_per_epoch)
     return Derived(
         world_size=world_size, effective_batch=batch, lr=lr, lr_rule=rule, steps_per_epoch=steps_per_epoch,
-        total_steps=total, warmup_steps=round(cfg.optim.warmup_epochs * steps_per_epoch),
+        total_steps=total, warmup_steps=warmup,
+        milestone_steps=tuple(round(m * steps_per_epoch) for m in o.milestones) if o.schedule == "step" else (),
     )
 
 

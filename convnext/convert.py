@@ -1,9 +1,11 @@
 """Converters: state dicts in the layouts people hold (timm, torchvision, HF transformers, and the official one)
-into ours, which is the official key layout (paper.md §4.5).
+into ours, which is the official key layout (`downsample_layers.i.j`, `stages.i.j.*`, `norm`, `head`).
 
+Pure functions of a state dict, no files (reading and writing them is convnext/checkpoint.py; `convert_file`
+is in convnext/weights.py):
 - `detect_format` tells the layout from the keys; `convert_state_dict` renames the keys (and reshapes the
   tensors a layout stores differently); `infer_arch` names the variant whose depths and widths a state dict
-  has; `convert_file` converts a checkpoint file and writes it as .safetensors or .pth.
+  has; `describe` says what model a state dict in our layout fits (arch, classes, input channels, layer scale).
 - Converters are key-renaming tables, picked by the keys a state dict has (`detect_format`); a key no rule
   covers is an error, never silently dropped.
 """
@@ -11,16 +13,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-from convnext.checkpoint import _atomic_write, _is_state_dict, load_checkpoint_file, save_safetensors
+from convnext.checkpoint import is_state_dict
 from convnext.errors import UserError
 from convnext.model import VARIANTS
 
 # ----------------------------------------------------------------------------------------------------------
-# Converters: other layouts -> ours (the official keys, paper.md §4.5)
+# Converters: other layouts -> ours (the official keys)
 # ----------------------------------------------------------------------------------------------------------
 
 # Each rule is (regex on the source key, replacement); the first match wins and a key no rule matches is an
@@ -82,7 +84,7 @@ def _unwrap(sd: Mapping) -> dict:
     for prefix in ("module.", "_orig_mod."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
-    if not _is_state_dict(sd):
+    if not is_state_dict(sd):
         raise UserError("this is not a state dict: expected a mapping of parameter names to tensors")
     return sd
 
@@ -143,20 +145,22 @@ def infer_arch(sd: Mapping) -> str | None:
     return None
 
 
-def convert_file(src_path: str | Path, dst_path: str | Path, which: str = "model") -> Path:
-    """Any supported checkpoint file -> our layout, written as .safetensors or .pth (`{"model": sd, "meta": ...}`)."""
-    sd, meta = load_checkpoint_file(src_path, which)
-    fmt = detect_format(sd)
-    sd = convert_state_dict(sd, fmt)
-    meta = {**meta, "converted_from": fmt, "source": Path(src_path).name}
-    if "arch" not in meta and infer_arch(sd):
-        meta["arch"] = infer_arch(sd)
-    if "head.weight" in sd:
-        meta.setdefault("num_classes", int(sd["head.weight"].shape[0]))
-    dst = Path(dst_path)
-    if dst.suffix == ".safetensors":
-        return save_safetensors(sd, dst, meta)
-    if dst.suffix not in (".pth", ".pt"):
-        raise UserError(f"cannot write {dst}: the output must end in .safetensors, .pth or .pt")
-    _atomic_write(dst, lambda tmp: torch.save({"model": sd, "meta": meta}, tmp))
-    return dst
+@dataclass(frozen=True)
+class WeightsInfo:
+    """What model a state dict in our layout fits: read from its keys and shapes."""
+
+    arch: str | None  # the variant with these depths and widths, None if none has them
+    num_classes: int  # rows of the head; 0 without one
+    in_chans: int  # input channels of the stem
+    layer_scale: bool  # whether the blocks have a layer-scale gamma
+
+
+def describe(sd: Mapping) -> WeightsInfo:
+    sd = _unwrap(sd)
+    stem = sd.get("stem.weight", sd.get("downsample_layers.0.0.weight"))
+    return WeightsInfo(
+        arch=infer_arch(sd),
+        num_classes=int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0,
+        in_chans=int(stem.shape[1]) if stem is not None else 3,
+        layer_scale=any(k.endswith(".gamma") for k in sd),
+    )

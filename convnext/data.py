@@ -1,4 +1,4 @@
-"""Datasets, the paper's transforms, mixup/cutmix, and a sampler that makes every run resumable.
+"""Data sources for classification, and a sampler that makes every run resumable (transforms: transforms.py).
 
 Three data sources with one interface (`Data`):
 - `ImageFolderData`: the ImageNet layout (root/train/<class>/*, root/val/<class>/*), decoded by PIL in
@@ -8,44 +8,31 @@ Three data sources with one interface (`Data`):
 
 Determinism (needed for resume-equals-continuous and for 1-process == N-process tests): the order of an epoch
 is a permutation seeded by (seed, epoch); optimizer step t, micro-batch m, rank r reads a fixed slice of it;
-every sample's augmentation is seeded by (seed, epoch, position), whichever worker decodes it; mixup is seeded
-per step. So resuming at step t replays exactly what an uninterrupted run would have seen.
+every sample's augmentation is seeded by (seed, epoch, position), whichever worker decodes it (seeding.py); the
+engine seeds each step's own draws. So resuming at step t replays exactly what an uninterrupted run would have seen.
 """
 from __future__ import annotations
 
 import abc
 import gzip
 import math
-import random
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from convnext.errors import UserError
-from convnext.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_pct, eval_transform, train_transform
+from convnext.images import IMAGE_SUFFIXES
+from convnext.labels import FASHION_MNIST
+from convnext.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, default_crop_pct
+from convnext.seeding import sample_seed, seed_everything
+from convnext.transforms import eval_transform, train_transform
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
-FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-                         "Bag", "Ankle boot"]
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
-
-
-def sample_seed(seed: int, epoch: int, position: int) -> int:
-    return (seed * 1_000_003 + epoch * 100_003 + position) % (2**31 - 1)
-
-
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    return (seed * 7_919 + step * 104_729 + rank * 15_485_863 + 17) % (2**31 - 1)
-
-
-def seed_everything(s: int) -> None:
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -64,18 +51,6 @@ def micro_batch_slices(step_range: range, accum: int, world: int, rank: int, bat
 # ---------------------------------------------------------------------------------------------- data sources
 
 
-@dataclass
-class Preprocessing:
-    """What a model trained on this data expects at inference; stored in every checkpoint."""
-
-    img_size: int
-    mean: tuple
-    std: tuple
-    crop_pct: float
-    in_chans: int
-    interpolation: str = "bicubic"
-
-
 class Data(abc.ABC):
     """What the trainer and evaluator need from a data source."""
 
@@ -91,8 +66,9 @@ class Data(abc.ABC):
         """(x, y) micro-batches of this rank for the optimizer steps in `steps` of `epoch`."""
 
     @abc.abstractmethod
-    def eval_batches(self, world: int, rank: int) -> Iterator:
-        """(x, y) batches of this rank's shard of the evaluation set (rank::world, nothing counted twice)."""
+    def eval_batches(self, world: int, rank: int, limit: int = 0) -> Iterator:
+        """(x, y) batches of this rank's shard of the evaluation set (rank::world, nothing counted twice);
+        `limit` > 0: of a fixed random subset of that many evaluation images (the same in every call)."""
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -189,11 +165,17 @@ class TensorData(Data):
             x = self._augment(self.x_train[idx], g)
             yield self._normalize(x), self.y_train[idx]
 
-    def eval_batches(self, world, rank):
-        idx_all = torch.arange(rank, self.num_eval, world)  # a shard per rank, no padding, nothing counted twice
+    def eval_batches(self, world, rank, limit=0):
+        idx_all = _eval_indices(self.num_eval, limit)[rank::world]  # a shard per rank, nothing counted twice
         for i in range(0, len(idx_all), self.batch_size * 2):
             idx = idx_all[i: i + self.batch_size * 2]
             yield self._normalize(self.x_eval[idx]), self.y_eval[idx]
+
+
+def _eval_indices(n: int, limit: int) -> torch.Tensor:
+    """The evaluation images to read: all n, or the fixed random subset of `limit` (see _subset)."""
+    keep = _subset(n, limit)
+    return torch.arange(n)[keep] if isinstance(keep, slice) else keep
 
 
 def _subset(n: int, limit: int) -> torch.Tensor | slice:
@@ -212,11 +194,8 @@ def fashion_mnist(cfg, seed: int = 0, root: str | Path | None = None) -> TensorD
     xt, yt, xe, ye = load_fashion_mnist(Path(root) if root else FASHION_MNIST_DIR)
     keep, keep_eval = _subset(len(yt), cfg.limit_train), _subset(len(ye), cfg.limit_eval)
     xt, yt, xe, ye = xt[keep], yt[keep], xe[keep_eval], ye[keep_eval]
-    return TensorData(xt, yt, xe, ye, FASHION_MNIST_CLASSES, cfg.img_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
+    return TensorData(xt, yt, xe, ye, FASHION_MNIST, cfg.img_size, FASHION_MNIST_MEAN, FASHION_MNIST_STD,
                       cfg.batch_size, shift=cfg.shift, hflip=cfg.hflip, seed=seed)
-
-
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def scan_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]]]:
@@ -231,16 +210,15 @@ def scan_folder(root: Path, split: str) -> tuple[list[str], list[tuple[str, int]
     samples = []
     for label, c in enumerate(classes):
         for p in sorted((d / c).rglob("*")):
-            if p.suffix.lower() in IMG_EXTENSIONS and p.is_file():
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
                 samples.append((str(p), label))
     if not samples:
-        raise UserError(f"{d} holds no images (looked for {', '.join(IMG_EXTENSIONS)})")
+        raise UserError(f"{d} holds no images (looked for {', '.join(IMAGE_SUFFIXES)})")
     return classes, samples
 
 
 def open_rgb(path: str):
-    from PIL import Image
-
+    """The training/evaluation loader of the official code (torchvision's default): PIL, convert("RGB")."""
     with Image.open(path) as img:
         return img.convert("RGB")
 
@@ -322,8 +300,8 @@ class ImageFolderData(Data):
             if x is not None:
                 yield x, y
 
-    def eval_batches(self, world, rank):
-        idx = list(range(rank, self.num_eval, world))
+    def eval_batches(self, world, rank, limit=0):
+        idx = _eval_indices(self.num_eval, limit)[rank::world].tolist()
         bs = max(1, int(self.cfg.batch_size * 1.5))  # the official val batch is 1.5 x the training batch
         batches = [[(i, 0) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
         for x, y, bad in self._loader(_Files(self.val, self._eval_tf), batches):
@@ -355,8 +333,8 @@ class SyntheticData(Data):
         for _ in micro_batch_slices(steps, accum, world, rank, len(self.y)):
             yield self.x, self.y
 
-    def eval_batches(self, world, rank):
-        n = len(range(rank, self.num_eval, world))
+    def eval_batches(self, world, rank, limit=0):
+        n = len(range(rank, min(self.num_eval, limit or self.num_eval), world))
         for i in range(0, n, len(self.y)):
             yield self.x[: n - i], self.y[: n - i]
 

@@ -1,12 +1,13 @@
-"""`convnext export`: ONNX, TorchScript or torch.export (.pt2), checked against PyTorch before it is called done.
+"""Export to ONNX, TorchScript or torch.export (.pt2), checked against PyTorch before it is called done
+(`convnext export`, convnext/cli/export.py).
 
-    convnext export --model convnext_tiny --pretrained fb_in1k --format onnx --out convnext_tiny.onnx
+    convnext export --pretrained convnext_tiny.fb_in1k --format onnx --out convnext_tiny.onnx
 
 What is not obvious:
 - ONNX goes through torch.onnx.export's default (dynamo, torch.export-based) exporter at opset 18. From
   opset 17 on, ONNX has a `LayerNormalization` operator, so every LayerNorm (stem, 3 downsampling, one per
   block, final) is one node instead of the ReduceMean/Sub/Pow/Sqrt/Div chain that loses precision and that
-  TensorRT parses badly (paper.md §6 item 10). The tests count those nodes.
+  TensorRT parses badly. The tests count those nodes.
 - The batch dimension is dynamic in all three formats (traced at batch 2, checked at batches 1 and 3);
   the image size is fixed at the weights' resolution (or --img-size), as the weights were trained for it.
 - By default the model is folded first (convnext/fold.py); the check always compares against the
@@ -17,13 +18,11 @@ What is not obvious:
 """
 from __future__ import annotations
 
-import argparse
+import importlib.util
 import json
 import os
-import sys
 import warnings
 from collections import Counter
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -39,9 +38,9 @@ CHECK_BATCHES = (1, 3)  # sizes other than the traced one: proves the batch dime
 META_KEY = "convnext"
 
 
-def _require(*modules: str) -> None:
-    import importlib.util
-
+def require_onnx() -> None:
+    """A UserError naming what to install when the optional ONNX packages are missing."""
+    modules = ("onnx", "onnxscript", "onnxruntime")
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         raise UserError(f"ONNX export needs {', '.join(missing)}; install them with pip install 'convnext[export]'")
@@ -87,7 +86,7 @@ def load_exported(fmt: str, path: str | os.PathLike):
     """A callable (N, C, H, W) float tensor -> logits tensor, running the exported file in its own runtime."""
     path = str(path)
     if fmt == "onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # optional: the export extra
 
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -122,7 +121,7 @@ def check(reference: nn.Module, fmt: str, path: str | os.PathLike, img_size: int
 
 def onnx_op_counts(path: str | os.PathLike) -> Counter:
     """How many nodes of each op type the ONNX graph has (top-level graph: our models have no subgraphs)."""
-    import onnx
+    import onnx  # optional: the export extra
 
     return Counter(node.op_type for node in onnx.load(str(path), load_external_data=False).graph.node)
 
@@ -130,53 +129,3 @@ def onnx_op_counts(path: str | os.PathLike) -> Counter:
 def count_layernorms(model: nn.Module) -> int:
     """LayerNorm modules: stem + 3 downsampling + one per block + final (hierarchical); blocks + final (isotropic)."""
     return sum(isinstance(m, nn.LayerNorm) for m in model.modules())
-
-
-# ------------------------------------------------------------------------------------------- command line
-
-
-def add_arguments(p: argparse.ArgumentParser, command: str = "export") -> None:
-    from convnext.predict import add_weights_arguments
-
-    add_weights_arguments(p, random_init=True, device=False)  # exports and checks on the CPU
-    p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (opset 18), torchscript (traced; deprecated in PyTorch) or exported (torch.export .pt2)")
-    p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
-    p.add_argument("--img-size", type=int, help="input resolution (default: the weights' own)")
-
-
-def run(args: argparse.Namespace) -> int:
-    from convnext.fold import fold_for_inference
-    from convnext.model import get_variant
-    from convnext.predict import classifier_from_args
-
-    if args.format == "onnx":
-        _require("onnx", "onnxscript", "onnxruntime")
-    clf = classifier_from_args(args, fold=False)  # the unfolded model: the reference for the check
-    reference = clf.model.cpu()
-    pre = clf.preprocessing
-    size = args.img_size or pre.img_size
-    stride = get_variant(clf.arch).stride
-    if size % stride:
-        raise UserError(f"--img-size {size} is not divisible by {stride}, the network's total stride")
-    model = reference if args.no_fold else fold_for_inference(reference)
-    metadata = {"arch": clf.arch, "weights": clf.source, "folded": not args.no_fold,
-                "preprocessing": {**asdict(pre), "img_size": size}, "class_names": clf.class_names}
-    print(f"convnext export: {clf.arch} ({clf.source}), {'not folded' if args.no_fold else 'folded'}, "
-          f"input (batch, {pre.in_chans}, {size}, {size}) with a dynamic batch -> {args.format}", flush=True)
-    out = export_model(model, args.format, args.out, size, pre.in_chans, metadata)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
-    if args.format == "onnx":
-        ops = onnx_op_counts(out)
-        print(f"  opset {ONNX_OPSET}, {sum(ops.values())} nodes, {ops['LayerNormalization']} LayerNormalization "
-              f"(the model has {count_layernorms(reference)} LayerNorms)")
-    runtime = {"onnx": "onnxruntime", "torchscript": "torch.jit.load", "exported": "torch.export.load"}[args.format]
-    diff = check(reference, args.format, out, size, pre.in_chans)
-    ok = diff <= ATOL
-    print(f"check: {runtime} vs PyTorch (unfolded, fp32) on random inputs at batch "
-          f"{' and '.join(map(str, CHECK_BATCHES))}: max |difference| {diff:.2e} "
-          f"{'<=' if ok else '>'} {ATOL:.0e}: {'OK' if ok else 'FAILED'}")
-    if not ok:
-        print(f"convnext export: the exported model differs from PyTorch by more than {ATOL:.0e}", file=sys.stderr)
-        return 1
-    return 0

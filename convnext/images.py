@@ -1,6 +1,6 @@
 """Reading images as people have them, for `convnext predict` and the `Classifier` (convnext/predict.py): files,
-directories and glob patterns -> file paths (`expand_paths`); one file -> an upright 8-bit RGB PIL image
-(`load_image`, `to_rgb`), or a UserError that says why that file cannot be used.
+directories and glob patterns -> file paths (`expand_paths`); one file or PIL image -> an upright 8-bit RGB PIL
+image (`load_image`, `to_rgb`), or a UserError that says why that input cannot be used.
 
 What is not obvious:
 - Conversion to RGB: the EXIF orientation is applied; 16-bit greyscale is scaled by 255/65535 (PIL's own
@@ -24,6 +24,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from convnext.errors import UserError
 
+# What counts as an image file, here (predict's folders and globs) and in training folders (convnext/data.py)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm")
 WHITE = (255, 255, 255, 255)
 
@@ -49,9 +50,15 @@ def expand_paths(items: Iterable[str | os.PathLike]) -> list[str]:
     return out
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open, decode and convert one file to RGB (see `to_rgb`); a UserError says why a file cannot be used."""
-    path = str(path)
+def load_image(source: str | os.PathLike | Image.Image) -> Image.Image:
+    """Open, decode and convert one file (or an image the caller opened) to RGB (see `to_rgb`); a UserError says
+    why it cannot be used."""
+    if isinstance(source, Image.Image):
+        try:  # an image opened lazily by the caller decodes here
+            return to_rgb(source)
+        except _PIL_DATA_ERRORS as e:
+            raise _corrupt(e) from None
+    path = str(source)
     if os.path.isdir(path):
         raise UserError(f"a directory with no image files ({', '.join(IMAGE_SUFFIXES)})")
     if not os.path.exists(path):

@@ -1,7 +1,8 @@
 """ConvNeXt (Liu et al., "A ConvNet for the 2020s", CVPR 2022), read top-down like §3 of the paper.
 
 LayerNorm2d -> DropPath -> Block -> ConvNeXt (stem, 4 x [downsample, stage], norm, head) ->
-ConvNeXtIsotropic (Appendix A, Table 2) -> the variant table -> create_model.
+ConvNeXtIsotropic (Appendix A, Table 2) -> the variant table -> build_model (random init; `convnext.create_model`
+in factory.py adds official weights and kernels on top).
 
 Module names and parameter shapes are exactly those of the official release
 (`downsample_layers.i.j`, `stages.i.j.{dwconv,norm,pwconv1,pwconv2,gamma}`, `norm`, `head`; isotropic:
@@ -211,7 +212,7 @@ class ConvNeXt(_Classifier):
     ):
         super().__init__()
         self.depths, self.dims = tuple(depths), tuple(dims)
-        self.num_classes, self.num_features = num_classes, dims[-1]
+        self.in_chans, self.num_classes, self.num_features = in_chans, num_classes, dims[-1]
         # downsample_layers[0] is the stem: conv 4x4 stride 4, then LN. The others: LN, then conv 2x2 stride 2
         # (§2.6: separate downsampling layers diverge without an LN wherever the resolution changes).
         stem = nn.Sequential(nn.Conv2d(in_chans, dims[0], kernel_size=4, stride=4), LayerNorm2d(dims[0], eps=LN_EPS))
@@ -258,7 +259,7 @@ class ConvNeXtIsotropic(_Classifier):
     ):
         super().__init__()
         self.depth, self.dim = depth, dim
-        self.num_classes, self.num_features = num_classes, dim
+        self.in_chans, self.num_classes, self.num_features = in_chans, num_classes, dim
         self.stem = nn.Conv2d(in_chans, dim, kernel_size=16, stride=16)  # no LN after it (official)
         rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
         self.blocks = nn.Sequential(*[Block(dim, rates[j], layer_scale_init_value) for j in range(depth)])
@@ -303,9 +304,14 @@ class Variant:
     def stride(self) -> int:
         return 16 if self.isotropic else 32
 
+    def check_img_size(self, size: int) -> None:
+        """An input side the network's total stride divides (a UserError otherwise)."""
+        if size % self.stride:
+            raise UserError(f"image size {size} is not divisible by {self.stride}, the network's total stride")
+
 
 VARIANTS: dict[str, Variant] = {
-    # Table 1 (params exact per paper.md §1.6; GFLOPs as printed in Table 1)
+    # Table 1 (exact parameter counts of the architecture, which Table 1 rounds; GFLOPs as printed in Table 1)
     "convnext_tiny": Variant((3, 3, 9, 3), (96, 192, 384, 768), 28_589_128, 29, 4.5, 13.1, 0.1),
     "convnext_small": Variant((3, 3, 27, 3), (96, 192, 384, 768), 50_223_688, 50, 8.7, 25.5, 0.4),
     "convnext_base": Variant((3, 3, 27, 3), (128, 256, 512, 1024), 88_591_464, 89, 15.4, 45.1, 0.5),
@@ -318,8 +324,8 @@ VARIANTS: dict[str, Variant] = {
     "convnext_pico": Variant((2, 2, 6, 2), (64, 128, 256, 512), 9_045_672, 9.0, 1.37, None, 0.0),
     "convnext_nano": Variant((2, 2, 8, 2), (80, 160, 320, 640), 15_593_560, 15.6, 2.45, None, 0.1),
     # Table 2 (isotropic). Layer scale is off for S/B, on for L (Appendix A.1, TRAINING.md), so the official
-    # S/B checkpoints have no `gamma` and their exact counts are 18 x dim below paper.md's 22,315,624 and
-    # 87,097,576, which count a gamma per block (the tests check both).
+    # S/B checkpoints have no `gamma` and their exact counts are 18 x dim below 22,315,624 and 87,097,576,
+    # the counts with a gamma per block (the tests check both).
     "convnext_isotropic_small": Variant((18,), (384,), 22_308_712, 22, 4.3, None, 0.1, 0.0, True),
     "convnext_isotropic_base": Variant((18,), (768,), 87_083_752, 87, 16.9, None, 0.2, 0.0, True),
     "convnext_isotropic_large": Variant((36,), (1024,), 305_942_504, 306, 59.7, None, 0.5, 1e-6, True),
@@ -336,52 +342,27 @@ def get_variant(name: str) -> Variant:
     return VARIANTS[name]
 
 
-def create_model(
+def build_model(
     name: str,
     *,
-    pretrained: bool | str = False,
     num_classes: int = 1000,
     in_chans: int = 3,
     drop_path_rate: float = 0.0,
     layer_scale_init_value: float | None = None,
     head_init_scale: float = 1.0,
-    kernels: str = "torch",
-    **kwargs,
 ) -> ConvNeXt | ConvNeXtIsotropic:
-    """Build a ConvNeXt by name, optionally with official weights.
+    """A randomly initialised variant of the table by name. `convnext.create_model` adds weights and kernels.
 
-    `name` may carry a weights tag (`"convnext_tiny.fb_in22k_ft_in1k_384"`), which implies pretrained.
-    `pretrained=True` takes the variant's default tag; a string is a tag (or a local file path).
     `layer_scale_init_value=None` means the variant's own default: 1e-6, except 0 (no gamma) for the
-    isotropic S/B as the official checkpoints were trained. The kernels issue adds `kernels=...`.
+    isotropic S/B, as the official checkpoints were trained.
     """
-    arch, _, tag = name.partition(".")
-    variant = get_variant(arch)
-    if tag:
-        pretrained = pretrained if isinstance(pretrained, str) else f"{arch}.{tag}"
+    variant = get_variant(name)
     ls = variant.layer_scale if layer_scale_init_value is None else layer_scale_init_value
-    common = dict(
-        in_chans=in_chans,
-        num_classes=num_classes,
-        drop_path_rate=drop_path_rate,
-        layer_scale_init_value=ls,
-        head_init_scale=head_init_scale,
-    )
-    if kwargs:
-        raise TypeError(f"create_model got unexpected arguments: {', '.join(kwargs)}")
+    common = dict(in_chans=in_chans, num_classes=num_classes, drop_path_rate=drop_path_rate,
+                  layer_scale_init_value=ls, head_init_scale=head_init_scale)
     if variant.isotropic:
         model = ConvNeXtIsotropic(depth=variant.depths[0], dim=variant.dims[0], **common)
     else:
         model = ConvNeXt(depths=variant.depths, dims=variant.dims, **common)
-    model.arch = arch  # type: ignore[attr-defined]
-    if kernels not in ("torch", "triton"):
-        raise UserError(f"unknown kernels {kernels!r}; choose 'torch' or 'triton'")
-    if kernels == "triton":  # fused Triton kernels for every Block (convnext/kernels); same state dict
-        from convnext.kernels import use_kernels
-
-        use_kernels(model)
-    if pretrained:
-        from convnext.weights import load_pretrained
-
-        load_pretrained(model, arch, pretrained if isinstance(pretrained, str) else None)
+    model.arch = name  # type: ignore[attr-defined]
     return model

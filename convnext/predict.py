@@ -1,4 +1,4 @@
-"""`convnext predict` and the `Classifier` API: classify image files as people have them.
+"""The `Classifier` API behind `convnext predict`: classify image files as people have them.
 
     from convnext.predict import Classifier
     clf = Classifier.from_pretrained("convnext_tiny", "fb_in1k")      # or .from_checkpoint("run/best.pth")
@@ -19,37 +19,21 @@ What is not obvious:
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, NamedTuple
 
 import torch
 from PIL import Image
 from torch import nn
 
+from convnext import labels
 from convnext.errors import UserError
-from convnext.images import _PIL_DATA_ERRORS, _corrupt, expand_paths, load_image, to_rgb
-
-# ------------------------------------------------------------------------------------------- class names
-
-
-def default_class_names(num_classes: int) -> list[str]:
-    """ImageNet-1K (1000) or ImageNet-22K (21841) names; "class <i>" for any other head."""
-    if num_classes == 1000:
-        return Path(__file__).with_name("imagenet_classes.txt").read_text().splitlines()
-    if num_classes == 21841:
-        # The official 22K head follows the sorted fall11 synsets (official issue #22), which is timm's
-        # imagenet22k_synsets.txt; its lemma file gives the names (first lemma, e.g. "tabby").
-        from timm.data import ImageNetInfo
-
-        info = ImageNetInfo("imagenet-22k")
-        return [info.index_to_description(i).split(",")[0] for i in range(num_classes)]
-    return [f"class {i}" for i in range(num_classes)]
-
+from convnext.factory import load_model
+from convnext.fold import fold_for_inference
+from convnext.images import load_image
+from convnext.preprocessing import Preprocessing, from_cfg
+from convnext.transforms import eval_transform
 
 # ------------------------------------------------------------------------------------------- the Classifier
 
@@ -72,51 +56,21 @@ class Prediction:
         return {"path": self.source, "top": [l._asdict() for l in self.top]}
 
 
-def preprocessing_from_cfg(cfg: dict | None, in_chans: int = 3):
-    """A `convnext.data.Preprocessing` from a pretrained cfg: its `preprocessing` entry (registry and our
-    checkpoints), else flat keys (`input_size`/`img_size`, `crop_pct`, ...) in it or in its `meta`."""
-    from convnext.data import Preprocessing
-    from convnext.transforms import IMAGENET_MEAN, IMAGENET_STD, default_crop_pct
-
-    cfg = dict(cfg or {})
-    meta = cfg.get("meta") or {}
-    pre: dict = {}
-    # first found wins: the file's own metadata, then the cfg (which falls back to the official 224 protocol)
-    for src in (meta.get("preprocessing") or {}, meta, cfg.get("preprocessing") or {}, cfg):
-        for key in ("img_size", "input_size", "crop_pct", "mean", "std", "interpolation", "in_chans"):
-            if src.get(key) is not None:
-                pre.setdefault("img_size" if key == "input_size" else key, src[key])
-    size = pre.get("img_size", 224)
-    size = int(size[-1] if isinstance(size, (list, tuple)) else size)  # timm style (C, H, W)
-    return Preprocessing(
-        img_size=size,
-        mean=tuple(pre.get("mean", IMAGENET_MEAN)),
-        std=tuple(pre.get("std", IMAGENET_STD)),
-        crop_pct=float(pre.get("crop_pct") or default_crop_pct(size)),
-        in_chans=int(pre.get("in_chans", in_chans)),
-        interpolation=str(pre.get("interpolation", "bicubic")),
-    )
-
-
 class Classifier:
     """A model, its preprocessing and its class names: `predict(paths or PIL images, topk)`."""
 
-    def __init__(self, model: nn.Module, preprocessing=None, class_names: list[str] | None = None, *,
-                 fold: bool = True, device: str | torch.device = "cpu", batch_size: int = 32, source: str = ""):
-        from convnext.transforms import eval_transform
-        from convnext.fold import fold_for_inference
-
+    def __init__(self, model: nn.Module, preprocessing: Preprocessing | None = None,
+                 class_names: list[str] | None = None, *, fold: bool = True, device: str | torch.device = "cpu",
+                 batch_size: int = 32, source: str = ""):
         if not getattr(model, "num_classes", 0):
             raise UserError("the model has no classifier head (num_classes=0): there is nothing to predict")
-        in_chans = model.stem.in_channels if hasattr(model, "stem") else model.downsample_layers[0][0].in_channels
-        self.preprocessing = preprocessing or preprocessing_from_cfg(getattr(model, "pretrained_cfg", None), in_chans)
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        self.preprocessing = preprocessing or from_cfg(cfg, model.in_chans)
         p = self.preprocessing
-        if not (len(p.mean) == len(p.std) == p.in_chans == in_chans):
+        if not (len(p.mean) == len(p.std) == p.in_chans == model.in_chans):
             raise UserError(f"the preprocessing ({len(p.mean)} means, {len(p.std)} stds, in_chans {p.in_chans}) "
-                            f"does not fit a model with {in_chans} input channels; pass a matching Preprocessing")
-        self.class_names = list(class_names) if class_names else default_class_names(model.num_classes)
-        if len(self.class_names) != model.num_classes:
-            raise UserError(f"{len(self.class_names)} class names were given for a {model.num_classes}-class model")
+                            f"does not fit a model with {model.in_chans} input channels; pass a matching Preprocessing")
+        self.class_names = labels.of_model(model, class_names)
         self.arch = getattr(model, "arch", type(model).__name__)
         self.folded = fold
         self.model = (fold_for_inference(model) if fold else model.eval()).to(device)
@@ -128,25 +82,15 @@ class Classifier:
     @classmethod
     def from_pretrained(cls, name: str, tag: str | None = None, **kwargs) -> Classifier:
         """Official weights: `("convnext_tiny", "fb_in1k")`, `("convnext_tiny.fb_in22k")`, or the default tag."""
-        from convnext.model import create_model
-        from convnext.weights import get_pretrained_cfg
-
-        if tag is None:  # "convnext_tiny" (its default weights) or "convnext_tiny.fb_in22k"
-            full = name
-        else:  # "fb_in22k" or "convnext_tiny.fb_in22k"
-            full = tag if "." in tag else f"{name.partition('.')[0]}.{tag}"
-        cfg = get_pretrained_cfg(full)
-        model = create_model(cfg["arch"], pretrained=cfg["tag"], num_classes=cfg["num_classes"])
-        return cls(model, class_names=_names_from_cfg(model), source=cfg["tag"], **kwargs)
+        source = name if tag is None else (tag if "." in tag else f"{name.partition('.')[0]}.{tag}")
+        model = load_model(source, name=source.partition(".")[0])
+        return cls(model, source=model.pretrained_cfg["tag"], **kwargs)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, name: str | None = None, *, ema: bool = False,
                         **kwargs) -> Classifier:
         """A checkpoint file (official, ours, timm's, safetensors); `name` when the file does not say it."""
-        from convnext.weights import model_from_file
-
-        model = model_from_file(path, name, which="model_ema" if ema else "model")
-        return cls(model, class_names=_names_from_cfg(model), source=str(path), **kwargs)
+        return cls(load_model(path, name=name, ema=ema), source=str(path), **kwargs)
 
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
@@ -182,15 +126,7 @@ class Classifier:
         return list(self.iter_predict(images, topk))
 
     def _prepare(self, item) -> torch.Tensor:
-        if isinstance(item, Image.Image):
-            try:  # an image opened lazily by the caller decodes here
-                img = to_rgb(item)
-            except UserError:
-                raise
-            except _PIL_DATA_ERRORS as e:
-                raise _corrupt(e) from None
-        else:
-            img = load_image(item)
+        img = load_image(item)
         if self.preprocessing.in_chans == 1:  # a model trained on greyscale (the Fashion-MNIST demo)
             img = img.convert("L")
         return self.transform(img)
@@ -201,77 +137,3 @@ class Classifier:
                   f"resize short side to {int(p.img_size / p.crop_pct)}, centre crop {p.img_size}")
         return (f"{self.arch} ({self.source or 'weights given'}), {'folded' if self.folded else 'not folded'}, "
                 f"{self.device}; preprocessing: {resize} ({p.interpolation}), mean {tuple(p.mean)}, std {tuple(p.std)}")
-
-
-def _names_from_cfg(model: nn.Module) -> list[str] | None:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    names = cfg.get("class_names") or (cfg.get("meta") or {}).get("class_names")
-    return list(names) if names else None
-
-
-# ------------------------------------------------------------------------------------------- command line
-
-
-def add_weights_arguments(p: argparse.ArgumentParser, random_init: bool = False, device: bool = True) -> None:
-    """--model and exactly one source of weights; shared with `convnext export`."""
-    p.add_argument("--model", metavar="NAME", help="model name (with --checkpoint: default, the one the file names)")
-    w = p.add_mutually_exclusive_group(required=True)
-    w.add_argument("--pretrained", metavar="TAG", help="official weights: a tag such as fb_in1k, or NAME.TAG")
-    w.add_argument("--checkpoint", metavar="PATH", help="a checkpoint file: official, ours, timm's, or .safetensors")
-    if random_init:
-        w.add_argument("--random-init", action="store_true", help="no weights: a seeded random model (for testing)")
-    p.add_argument("--ema", action="store_true", help="with --checkpoint: the EMA weights of a training checkpoint")
-    p.add_argument("--no-fold", action="store_true", help="do not fold layer scale and LN affine (convnext/fold.py)")
-    if device:
-        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-
-
-def classifier_from_args(args: argparse.Namespace, fold: bool) -> Classifier:
-    device = getattr(args, "device", "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} was asked for, but no CUDA device is available")
-    kw = dict(fold=fold, device=device)
-    if args.checkpoint:
-        return Classifier.from_checkpoint(args.checkpoint, args.model, ema=args.ema, **kw)
-    if args.ema:
-        raise UserError("--ema applies to --checkpoint only (the official files hold one set of weights)")
-    if getattr(args, "random_init", False):
-        if not args.model:
-            raise UserError("--random-init needs --model NAME")
-        from convnext.model import create_model
-
-        torch.manual_seed(0)
-        return Classifier(create_model(args.model), source="random init, seed 0", **kw)
-    if not args.model and "." not in args.pretrained:
-        raise UserError(f"--pretrained {args.pretrained} needs --model NAME (or pass NAME.{args.pretrained})")
-    return Classifier.from_pretrained(args.model or args.pretrained, args.pretrained, **kw)
-
-
-def add_arguments(p: argparse.ArgumentParser, command: str = "predict") -> None:
-    p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (searched recursively), globs")
-    add_weights_arguments(p)
-    p.add_argument("--topk", type=int, default=5, help="how many classes to print per image (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of one line per image")
-    p.add_argument("--batch-size", type=int, default=32)
-
-
-def run(args: argparse.Namespace) -> int:
-    clf = classifier_from_args(args, fold=not args.no_fold)
-    clf.batch_size = max(1, args.batch_size)
-    paths = expand_paths(args.paths)
-    print(f"convnext predict: {clf.describe()}", file=sys.stderr, flush=True)
-    results = []
-    for pred in clf.iter_predict(paths, args.topk):
-        results.append(pred)
-        if not args.json:
-            text = f"error: {pred.error}" if pred.error else " | ".join(f"{l.name} {l.prob:.2%}" for l in pred.top)
-            print(f"{pred.source}: {text}", flush=True)
-    if args.json:
-        doc = {"model": clf.arch, "weights": clf.source, "folded": clf.folded,
-               "preprocessing": asdict(clf.preprocessing), "results": [r.to_dict() for r in results]}
-        print(json.dumps(doc, indent=2))
-    failed = sum(r.error is not None for r in results)
-    if failed:
-        print(f"convnext predict: {failed} of {len(results)} inputs could not be classified", file=sys.stderr)
-        return 1
-    return 0

@@ -8,15 +8,15 @@
 """
 from __future__ import annotations
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from timm.data import Mixup, create_transform
+from torchvision import transforms as T
+
+from convnext.preprocessing import IMAGENET_MEAN, IMAGENET_STD, default_crop_pct
 
 
 def eval_transform(img_size: int, mean, std, crop_pct: float | None = None, interpolation: str = "bicubic"):
     """The official eval protocol: below 384, resize to size/crop_pct (0.875) and centre-crop; at 384 and above,
     resize to (size, size) without crop (paper §A.2, official datasets.py)."""
-    from torchvision import transforms as T
-
     mode = T.InterpolationMode(interpolation)
     crop_pct = default_crop_pct(img_size) if crop_pct is None else crop_pct
     if crop_pct >= 1.0:
@@ -26,15 +26,9 @@ def eval_transform(img_size: int, mean, std, crop_pct: float | None = None, inte
     return T.Compose(resize + [T.ToTensor(), T.Normalize(mean, std)])
 
 
-def default_crop_pct(img_size: int) -> float:
-    return 1.0 if img_size >= 384 else 0.875
-
-
 def train_transform(cfg, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     """The paper's training transform through timm (what the official code used): RandomResizedCrop (bicubic),
     flip, RandAugment `rand-m9-mstd0.5-inc1`, normalise, random erasing 0.25 (pixel mode)."""
-    from timm.data import create_transform
-
     t = create_transform(
         input_size=cfg.img_size, is_training=True, scale=cfg.scale, hflip=cfg.hflip,
         color_jitter=cfg.color_jitter or None, auto_augment=cfg.randaug or None, interpolation="bicubic",
@@ -74,7 +68,5 @@ def mixup_fn(cfg, num_classes: int):
     """timm's Mixup/CutMix (batch mode) with label smoothing folded into the soft targets; None when off."""
     if cfg.mixup <= 0 and cfg.cutmix <= 0:
         return None
-    from timm.data import Mixup
-
     return Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=1.0, switch_prob=cfg.mixup_switch_prob,
                  mode="batch", label_smoothing=cfg.smoothing, num_classes=num_classes)

@@ -1,9 +1,10 @@
 """Pretrained weights: the official checkpoint registry, download and cache, and loading official weights or any
 supported file into a model. Reading files is convnext/checkpoint.py; converting the layouts people hold (timm,
-torchvision, HF transformers) into ours, which is the official one, is convnext/convert.py.
+torchvision, HF transformers) into ours, which is the official one, is convnext/convert.py. A model *from* weights
+(a tag or a file, the architecture read from it) is `convnext.load_model` (convnext/factory.py).
 
-- The registry is data: one row per file of the official README (paper.md §1.5), named `<arch>.<tag>` as in
-  timm (`convnext_tiny.fb_in22k_ft_in1k_384`). Each entry also says how its inputs were preprocessed.
+- The registry is data: one row per file of the official README, named `<arch>.<tag>` as in timm
+  (`convnext_tiny.fb_in22k_ft_in1k_384`). Each entry also says how its inputs were preprocessed.
 - Files are looked up in `$CONVNEXT_HOME` (default `~/.cache/convnext`) under their official file name, then in
   torch.hub's checkpoint folder (where the official code and old timm put them); otherwise downloaded once to a
   temp file and renamed into place. Offline (or `CONVNEXT_OFFLINE=1`) the error names the URL and the path.
@@ -13,23 +14,24 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from convnext.checkpoint import _atomic_write, load_checkpoint_file
-from convnext.convert import convert_state_dict, infer_arch
+from convnext.checkpoint import atomic_write, load_checkpoint_file, save, save_safetensors
+from convnext.convert import convert_state_dict, describe, detect_format, infer_arch
 from convnext.errors import UserError
-from convnext.model import VARIANTS, create_model, get_variant
-from convnext.transforms import IMAGENET_MEAN, IMAGENET_STD
+from convnext.labels import IMAGENET_22K_CLASSES
+from convnext.model import VARIANTS, get_variant
+from convnext.preprocessing import imagenet
 
 # ----------------------------------------------------------------------------------------------------------
-# The registry (official README tables, paper.md §1.5)
+# The registry (the official README's tables)
 # ----------------------------------------------------------------------------------------------------------
 
 URL_ROOT = "https://dl.fbaipublicfiles.com/convnext/"
-IN22K_CLASSES = 21841  # the fall11 ImageNet-22K folders (official issue #22)
 
 # (arch, tag, official file name, num_classes, resolution, top-1 reported by the README; None where it reports
 # none). The 1K files at 224 hold the EMA weights under "model" (hence `_ema`); the `_noema` files are the final
@@ -46,11 +48,11 @@ _CHECKPOINTS = [
     ("convnext_small", "fb_in1k_noema", "convnext_small_1k_224.pth", 1000, 224, None),
     ("convnext_base", "fb_in1k_noema", "convnext_base_1k_224.pth", 1000, 224, None),
     # ImageNet-22K pre-trained at 224 only (issue #3), 21841-way head, no ImageNet-1K accuracy
-    ("convnext_tiny", "fb_in22k", "convnext_tiny_22k_224.pth", IN22K_CLASSES, 224, None),
-    ("convnext_small", "fb_in22k", "convnext_small_22k_224.pth", IN22K_CLASSES, 224, None),
-    ("convnext_base", "fb_in22k", "convnext_base_22k_224.pth", IN22K_CLASSES, 224, None),
-    ("convnext_large", "fb_in22k", "convnext_large_22k_224.pth", IN22K_CLASSES, 224, None),
-    ("convnext_xlarge", "fb_in22k", "convnext_xlarge_22k_224.pth", IN22K_CLASSES, 224, None),
+    ("convnext_tiny", "fb_in22k", "convnext_tiny_22k_224.pth", IMAGENET_22K_CLASSES, 224, None),
+    ("convnext_small", "fb_in22k", "convnext_small_22k_224.pth", IMAGENET_22K_CLASSES, 224, None),
+    ("convnext_base", "fb_in22k", "convnext_base_22k_224.pth", IMAGENET_22K_CLASSES, 224, None),
+    ("convnext_large", "fb_in22k", "convnext_large_22k_224.pth", IMAGENET_22K_CLASSES, 224, None),
+    ("convnext_xlarge", "fb_in22k", "convnext_xlarge_22k_224.pth", IMAGENET_22K_CLASSES, 224, None),
     # ImageNet-22K pre-trained, ImageNet-1K fine-tuned (Table 1, 22K rows)
     ("convnext_tiny", "fb_in22k_ft_in1k", "convnext_tiny_22k_1k_224.pth", 1000, 224, 82.9),
     ("convnext_small", "fb_in22k_ft_in1k", "convnext_small_22k_1k_224.pth", 1000, 224, 84.6),
@@ -59,7 +61,7 @@ _CHECKPOINTS = [
     ("convnext_xlarge", "fb_in22k_ft_in1k", "convnext_xlarge_22k_1k_224_ema.pth", 1000, 224, 87.0),
     ("convnext_tiny", "fb_in22k_ft_in1k_384", "convnext_tiny_22k_1k_384.pth", 1000, 384, 84.1),
     ("convnext_small", "fb_in22k_ft_in1k_384", "convnext_small_22k_1k_384.pth", 1000, 384, 85.8),
-    # B@384: the README prints 47.0G FLOPs, paper Table 1 45.1G; an analytic count gives 45.12G (paper.md §1.6)
+    # B@384: the README prints 47.0G FLOPs, paper Table 1 45.1G; our count gives 45.12G (tests/test_model.py)
     ("convnext_base", "fb_in22k_ft_in1k_384", "convnext_base_22k_1k_384.pth", 1000, 384, 86.8),
     ("convnext_large", "fb_in22k_ft_in1k_384", "convnext_large_22k_1k_384.pth", 1000, 384, 87.5),
     ("convnext_xlarge", "fb_in22k_ft_in1k_384", "convnext_xlarge_22k_1k_384_ema.pth", 1000, 384, 87.8),
@@ -72,25 +74,15 @@ _CHECKPOINTS = [
 
 
 def _entry(arch: str, tag: str, file: str, num_classes: int, res: int, top1: float | None) -> dict:
-    # The official eval transform (datasets.py): below 384, resize the short side to res/0.875 and centre-crop;
-    # at 384, resize straight to res x res with no crop (crop_pct 1.0). Bicubic, ImageNet mean/std.
     return {
         "tag": f"{arch}.{tag}",
         "arch": arch,
         "file": file,
         "url": URL_ROOT + file,
         "num_classes": num_classes,
-        "dataset": "imagenet-22k" if num_classes == IN22K_CLASSES else "imagenet-1k",
+        "dataset": "imagenet-22k" if num_classes == IMAGENET_22K_CLASSES else "imagenet-1k",
         "top1": top1,
-        # the fields of convnext.data.Preprocessing, so `Preprocessing(**cfg["preprocessing"])` works
-        "preprocessing": {
-            "img_size": res,
-            "mean": IMAGENET_MEAN,
-            "std": IMAGENET_STD,
-            "crop_pct": 1.0 if res >= 384 else 0.875,
-            "in_chans": 3,
-            "interpolation": "bicubic",
-        },
+        "preprocessing": asdict(imagenet(res)),  # the official eval protocol (convnext/preprocessing.py)
     }
 
 
@@ -136,14 +128,25 @@ def _copy_cfg(cfg: dict) -> dict:
     return {**cfg, "preprocessing": dict(cfg["preprocessing"])}
 
 
-def get_class_names(cfg: Mapping) -> list[str] | None:
-    """Class names for a pretrained cfg: its own (our checkpoints store them), ImageNet-1K's, or None (22K)."""
-    if cfg.get("class_names"):
-        return list(cfg["class_names"])
-    if cfg.get("dataset") == "imagenet-1k" and cfg.get("num_classes") == 1000:
-        # torchvision's short names for the 1000 classes, in the standard (sorted wnid) order
-        return (Path(__file__).with_name("imagenet_classes.txt")).read_text().splitlines()
-    return None
+def find_tag(source: str | os.PathLike | None, arch: str | None = None) -> str | None:
+    """The registry tag that `source` names (a full tag; a short one with `arch`; a bare model name or None: its
+    default weights), or None when `source` is a file path. Neither a known tag nor a path: a UserError that
+    lists the known tags."""
+    s = arch if source is None else str(source)
+    if s is None:
+        raise UserError("name the weights: a registry tag such as convnext_tiny.fb_in1k, or a file")
+    if s in VARIANTS:
+        tag = get_pretrained_cfg(s)["tag"]
+    elif s in PRETRAINED or (arch and f"{arch}.{s}" in PRETRAINED):
+        tag = s if s in PRETRAINED else f"{arch}.{s}"
+    elif os.path.exists(s) or os.sep in s or s.endswith((".pth", ".pt", ".safetensors", ".bin")):
+        return None  # a path (a missing one is reported when it is read)
+    else:  # an unknown tag: the error lists the known ones
+        tag = get_pretrained_cfg(s if s.partition(".")[0] in VARIANTS or arch is None else f"{arch}.{s}")["tag"]
+    if arch is not None and PRETRAINED[tag]["arch"] != arch:
+        raise UserError(f"weights {tag} are for {PRETRAINED[tag]['arch']}, not {arch}; create "
+                        f"{PRETRAINED[tag]['arch']} instead")
+    return tag
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -175,7 +178,7 @@ def download_pretrained(tag: str) -> Path:
     else:
         try:
             print(f"downloading {cfg['url']} to {dst}", file=sys.stderr)
-            _atomic_write(dst, lambda tmp: torch.hub.download_url_to_file(cfg["url"], str(tmp), progress=True))
+            atomic_write(dst, lambda tmp: torch.hub.download_url_to_file(cfg["url"], str(tmp), progress=True))
             return dst
         except Exception as e:  # noqa: BLE001 - URLError, HTTPError, socket errors, a full disk: all the same fix
             reason = f"{type(e).__name__}: {e}"
@@ -184,62 +187,54 @@ def download_pretrained(tag: str) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Loading into a model
+# Reading weights, loading them into a model
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _resolve(arch: str, tag_or_path: str | None) -> tuple[dict | None, str | None]:
-    """(registry cfg, None) for a tag, (None, path) for a file."""
-    if tag_or_path is None:
-        return get_pretrained_cfg(arch), None
-    s = str(tag_or_path)
-    for name in (s, f"{arch}.{s}"):
-        if name in PRETRAINED:
-            cfg = get_pretrained_cfg(name)
-            if cfg["arch"] != arch:
-                raise UserError(f"weights {name} are for {cfg['arch']}, not {arch}; create {cfg['arch']} instead")
-            return cfg, None
-    if os.path.exists(s) or os.sep in s or s.endswith((".pth", ".pt", ".safetensors", ".bin")):
-        return None, s  # a path (a missing one is reported by read_checkpoint)
-    # neither a known tag nor a file: raise the unknown-tag error, which lists the known ones
-    return get_pretrained_cfg(s if s.partition(".")[0] in VARIANTS else f"{arch}.{s}"), None
+def read_weights(path: str | os.PathLike, ema: bool = False) -> tuple[dict, dict]:
+    """(state dict in our layout, the file's meta) from a weights file of any supported origin and layout."""
+    sd, meta = load_checkpoint_file(path, ema)
+    return convert_state_dict(sd), meta
 
 
-def load_pretrained(
-    model: nn.Module,
-    arch: str,
-    tag_or_path: str | None = None,
-    *,
-    drop_head: bool | str = False,
-    which: str = "model",
-) -> nn.Module:
-    """Load official weights (`None` = the arch's default tag, or a tag) or any supported file into `model`.
+def load_pretrained(model: nn.Module, source: str | os.PathLike | None = None, *, drop_head: bool | str = False,
+                    ema: bool = False) -> nn.Module:
+    """Load official weights (`None` = the model's default tag, or a tag) or any supported file into `model`.
 
     The checkpoint must fit the model exactly, except that `drop_head=True` (or a headless model,
     num_classes=0) keeps the model's own head, and `drop_head="auto"` (fine-tuning) keeps the model's head
-    only where the checkpoint's has another class count. Sets `model.pretrained_cfg` (tag, url, num_classes,
-    preprocessing, ...) for prediction and evaluation.
+    only where the checkpoint's has another class count. `ema=True` takes a checkpoint's EMA weights.
+    Sets `model.pretrained_cfg` (tag, url, num_classes, preprocessing, ...) for prediction and evaluation.
     """
-    cfg, path = _resolve(arch, tag_or_path)
-    keep_head = drop_head is True or getattr(model, "num_classes", None) == 0
-    if drop_head == "auto" and cfg is not None:  # fine-tuning: keep the checkpoint's head only if it fits
-        keep_head = cfg["num_classes"] != model.num_classes
+    arch = model.arch
+    tag = find_tag(source, arch)
+    cfg = get_pretrained_cfg(tag) if tag else None
+    keep_head = drop_head is True or model.num_classes == 0
     if cfg is not None:
+        if drop_head == "auto":  # fine-tuning: keep the checkpoint's head only if it fits
+            keep_head = cfg["num_classes"] != model.num_classes
         # checked before downloading: a 21841-class file will not fit a 1000-class model
         if not keep_head and cfg["num_classes"] != model.num_classes:
             raise _head_mismatch(cfg["tag"], cfg["num_classes"], model.num_classes, arch)
         path = str(download_pretrained(cfg["tag"]))
-    sd, meta = load_checkpoint_file(path, which)
-    sd = convert_state_dict(sd)
+    else:
+        path = str(source)
+    sd, meta = read_weights(path, ema)
     if drop_head == "auto" and cfg is None:
         own = model.state_dict().get("head.weight")
         keep_head = own is None or "head.weight" not in sd or sd["head.weight"].shape != own.shape
-    return _load_into(model, arch, sd, meta, path, cfg, keep_head)
+    return load_state(model, sd, meta, path, cfg, keep_head)
 
 
-def _load_into(model: nn.Module, arch: str, sd: dict, meta: dict, path: str, cfg: dict | None,
-               keep_head: bool) -> nn.Module:
-    _load_state_dict(model, sd, cfg["tag"] if cfg is not None else path, arch, keep_head)
+def load_state(model: nn.Module, sd: dict, meta: dict, path: str, cfg: dict | None = None,
+               keep_head: bool = False) -> nn.Module:
+    """Load a state dict in our layout read from `path` into `model`, exactly (but for the head when
+    `keep_head`), and set `model.pretrained_cfg`: the registry's entry `cfg`, else what the file says."""
+    arch = model.arch
+    _check_fit(model, sd, cfg["tag"] if cfg is not None else path, arch, keep_head)
+    if keep_head:
+        sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    model.load_state_dict(sd, strict=not keep_head)
     if cfg is None:  # a file: an official one by its name, else what its meta and shapes say
         official = next((c for c in PRETRAINED.values() if c["file"] == Path(path).name), None)
         cfg = _copy_cfg(official) if official else _file_cfg(arch, sd, meta)
@@ -252,19 +247,18 @@ def _load_into(model: nn.Module, arch: str, sd: dict, meta: dict, path: str, cfg
 
 def _file_cfg(arch: str, sd: dict, meta: dict) -> dict:
     """A cfg for a file outside the registry: what its meta says, else the official 224 preprocessing."""
-    pre = _entry(arch, "", "", 0, 224, None)["preprocessing"]
-    stem = sd.get("stem.weight", sd.get("downsample_layers.0.0.weight"))
-    pre["in_chans"] = int(stem.shape[1]) if stem is not None else 3
+    info = describe(sd)
+    pre = asdict(imagenet(224))
+    pre["in_chans"] = info.in_chans
     if isinstance(meta.get("preprocessing"), Mapping):  # our checkpoints store what their data used
         pre.update(meta["preprocessing"])
-    num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
     return {
         "tag": None,
         "arch": arch,
-        "num_classes": num_classes,  # the head's, whatever the meta says
+        "num_classes": info.num_classes,  # the head's, whatever the meta says
         "dataset": meta.get("dataset"),
         "top1": None,
-        "preprocessing": dict(pre),
+        "preprocessing": pre,
         "class_names": meta.get("class_names"),
         "meta": meta,
     }
@@ -274,11 +268,12 @@ def _head_mismatch(source: str, ckpt_classes: int, model_classes: int, arch: str
     return UserError(
         f"{source} has a {ckpt_classes}-class head but the model has {model_classes} classes; create it with "
         f"num_classes={ckpt_classes} (then model.reset_classifier(n) for your own n classes), or call "
-        f"load_pretrained(model, {arch!r}, {source!r}, drop_head=True) to keep the model's new head"
+        f"load_pretrained(model, {source!r}, drop_head=True) to keep the model's new head"
     )
 
 
-def _load_state_dict(model: nn.Module, sd: dict, source: str, arch: str, keep_head: bool) -> None:
+def _check_fit(model: nn.Module, sd: dict, source: str, arch: str, keep_head: bool) -> None:
+    """A UserError that says why `sd` does not fit `model` (another variant, shape, head), if it does not."""
     own = model.state_dict()
     if keep_head:
         sd = {k: v for k, v in sd.items() if not k.startswith("head.")}
@@ -301,19 +296,22 @@ def _load_state_dict(model: nn.Module, sd: dict, source: str, arch: str, keep_he
         example = f"missing e.g. {missing[0]}" if missing else f"unexpected e.g. {unexpected[0]}"
         raise UserError(f"{source} does not fit {arch}: {len(missing)} weights missing and {len(unexpected)} "
                         f"unexpected ({example})")
-    model.load_state_dict(sd, strict=not keep_head)
 
 
-def model_from_file(path: str | Path, arch: str | None = None, which: str = "model") -> nn.Module:
-    """Build the model a checkpoint file describes (its meta, else its shapes) and load it into it."""
-    sd, meta = load_checkpoint_file(path, which)
-    sd = convert_state_dict(sd)
-    arch = arch or meta.get("arch") or infer_arch(sd)
-    if arch is None:
-        raise UserError(f"cannot tell which ConvNeXt {path} holds; pass the model name")
-    num_classes = int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0
-    stem = sd.get("stem.weight", sd.get("downsample_layers.0.0.weight"))
-    in_chans = int(stem.shape[1]) if stem is not None else 3
-    layer_scale = 1e-6 if any(k.endswith(".gamma") for k in sd) else 0.0
-    model = create_model(arch, num_classes=num_classes, in_chans=in_chans, layer_scale_init_value=layer_scale)
-    return _load_into(model, arch, sd, meta, str(path), None, keep_head=False)
+def convert_file(src_path: str | Path, dst_path: str | Path, ema: bool = False) -> Path:
+    """Any supported checkpoint file -> our layout, written as .safetensors or .pth (`{"model": sd, "meta": ...}`)."""
+    dst = Path(dst_path)
+    if dst.suffix not in (".safetensors", ".pth", ".pt"):
+        raise UserError(f"cannot write {dst}: the output must end in .safetensors, .pth or .pt")
+    sd, meta = load_checkpoint_file(src_path, ema)
+    fmt = detect_format(sd)
+    sd = convert_state_dict(sd, fmt)
+    info = describe(sd)
+    meta = {**meta, "converted_from": fmt, "source": Path(src_path).name}
+    if "arch" not in meta and info.arch:
+        meta["arch"] = info.arch
+    if info.num_classes:
+        meta.setdefault("num_classes", info.num_classes)
+    if dst.suffix == ".safetensors":
+        return save_safetensors(sd, dst, meta)
+    return save({"model": sd, "meta": meta}, dst)

@@ -21,7 +21,8 @@ import pytest
 import torch
 
 from convnext.errors import UserError
-from convnext.model import Block, ConvNeXt, create_model
+from convnext import create_model
+from convnext.model import Block, ConvNeXt
 
 FP32_TOL = 1e-4
 BF16_TOL = 1e-2
@@ -116,10 +117,10 @@ def assert_bf16_ok(r: dict, tol: float = BF16_TOL) -> None:
 def _interpreter_cases() -> dict:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from convnext.kernels import ops, use_kernels
+    from convnext.kernels import ops, outputs, use_kernels
 
     assert ops.use_triton(torch.zeros(1)), "the subprocess must take the Triton path"
-    ops.POISON_OUTPUTS = True  # every kernel output starts as NaN: an unwritten element fails the comparison
+    outputs.POISON = True  # every kernel output starts as NaN: an unwritten element fails the comparison
     out = {}
     for name, (n, c, h, w, ls, dp, save_hidden, fmt) in BLOCK_CASES.items():
         ref = make_block(c, ls, dp)
@@ -281,7 +282,7 @@ def test_create_model_rejects_unknown_kernels():
 
 @pytest.mark.parametrize("layer_scale,fmt", [(0.5, "channels_last"), (0.0, "contiguous")])
 def test_fallback_path_equals_reference(layer_scale, fmt):
-    from convnext.kernels import ops, use_kernels
+    from convnext.kernels import ops, outputs, use_kernels
 
     ref = make_block(12, layer_scale, drop_path=0.3).train()
     fused = use_kernels(copy.deepcopy(ref))

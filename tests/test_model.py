@@ -10,7 +10,7 @@ ALL = convnext.list_models()
 HIER = [n for n in ALL if not VARIANTS[n].isotropic]
 ISO = [n for n in ALL if VARIANTS[n].isotropic]
 
-# Paper Table 1 / paper.md §1.6 (written out here, not read back from the code's table)
+# Paper Tables 1 and 2, with exact counts (written out here, not read back from the code's table)
 PAPER_PARAMS = {
     "convnext_tiny": 28_589_128,
     "convnext_small": 50_223_688,
@@ -48,7 +48,7 @@ def meta_model(name, **kw):
 
 @pytest.mark.parametrize("name", list(PAPER_PARAMS))
 def test_params_match_paper(name):
-    # paper.md §1.6 counts a layer-scale gamma in every block, isotropic S/B included
+    # the counts with a layer-scale gamma in every block, isotropic S/B included
     assert count_params(meta_model(name, layer_scale_init_value=1e-6)) == PAPER_PARAMS[name]
 
 
@@ -103,7 +103,7 @@ def test_small_variant_architecture():
 
 
 def official_layout(depths, dims, num_classes=1000, gamma=True):
-    """paper.md §4.5, written out from the official code's description."""
+    """The official checkpoint keys, written out from the official models/convnext.py."""
     keys = {
         "downsample_layers.0.0.weight": (dims[0], 3, 4, 4),
         "downsample_layers.0.0.bias": (dims[0],),
@@ -238,7 +238,7 @@ def test_layernorm2d_is_per_position_channel_norm():
         ln.weight.normal_()
         ln.bias.normal_()
     x = torch.randn(2, 8, 5, 3)
-    # the official channels_first formula (paper.md §4.2)
+    # the official channels_first formula (models/convnext.py LayerNorm)
     u = x.mean(1, keepdim=True)
     s = (x - u).pow(2).mean(1, keepdim=True)
     ref = ln.weight[:, None, None] * ((x - u) / torch.sqrt(s + 1e-6)) + ln.bias[:, None, None]

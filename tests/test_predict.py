@@ -21,7 +21,9 @@ from convnext import create_model
 from convnext.cli import main
 from convnext.errors import UserError
 from convnext.images import expand_paths, load_image, to_rgb
-from convnext.predict import Classifier, default_class_names, preprocessing_from_cfg
+from convnext.labels import class_names
+from convnext.predict import Classifier
+from convnext.preprocessing import from_cfg as preprocessing_from_cfg
 
 CLASSES = [f"class_{c}" for c in "abcdefghij"]
 SIZE = 64
@@ -154,7 +156,7 @@ def test_bad_files_get_errors_and_the_rest_are_classified(checkpoint, tmp_path, 
     (d / "readme.txt").write_text("not picked up from a directory: not an image suffix")
     # c_big.png is above the limit but below 2x it, where PIL only warns: we refuse it too
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)
-    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "--checkpoint", str(checkpoint), "--json",
+    rc = main(["predict", str(d), str(tmp_path / "missing.jpg"), "--checkpoint", str(checkpoint), "--json", "-",
                "--topk", "3", "--batch-size", "2"])
     out, err = capsys.readouterr()
     assert rc == 1
@@ -278,13 +280,13 @@ def test_from_pretrained_uses_the_registry_cfg(tmp_path, monkeypatch):
 
 
 def test_class_names():
-    names = default_class_names(1000)
+    names = class_names(1000)
     assert len(names) == 1000 and len(set(names)) == 998  # "crane" (134, 517) and "maillot" (638, 639) repeat
     assert (names[0], names[281], names[817], names[999]) == ("tench", "tabby", "sports car", "toilet tissue")
     assert all(n and n == n.strip() for n in names)
-    names22k = default_class_names(21841)
+    names22k = class_names(21841)
     assert len(names22k) == 21841 and names22k[0] == "organism"
-    assert default_class_names(3) == ["class 0", "class 1", "class 2"]
+    assert class_names(3) == ["class 0", "class 1", "class 2"]
 
 
 def test_expand_paths(tmp_path):

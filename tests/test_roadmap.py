@@ -12,7 +12,7 @@ import torchvision
 from torchvision.models.resnet import Bottleneck, ResNet
 
 import convnext
-from convnext import roadmap, roadmap_cli
+from convnext import roadmap, roadmap_report
 from convnext.benchmark import count_gmacs, count_params
 from convnext.cli import main
 from convnext.errors import UserError
@@ -20,7 +20,7 @@ from convnext.roadmap import steps
 
 REGIMES = ("resnet50", "resnet200")
 
-# Tables 10 and 11 as printed (paper.md §2), written out here rather than read back from roadmap.py:
+# Tables 10 and 11 as printed (paper §2), written out here rather than read back from roadmap.py:
 # (step name, top-1, GFLOPs). The kernel sizes 5, 9, 11 are the side branches (not adopted).
 PAPER = {
     "resnet50": [
@@ -133,8 +133,8 @@ def test_unknown_regime_is_a_user_error():
 
 @pytest.mark.parametrize("regime,name", ALL_STEPS)
 def test_gflops_match_tables_10_and_11(regime, name):
-    # roadmap_cli.measure is count_gmacs on the meta-built step (cached, so the CLI test reuses the count)
-    gmacs, _ = roadmap_cli.measure(regime, name)
+    # roadmap_report.measure is count_gmacs on the meta-built step (cached, so the CLI test reuses the count)
+    gmacs, _ = roadmap_report.measure(regime, name)
     printed = by_name(regime)[name].paper_gflops
     expected = OURS_NOT_PRINTED.get((regime, name), printed)
     assert round(gmacs, 2) == expected
@@ -145,7 +145,7 @@ def test_gflops_match_tables_10_and_11(regime, name):
 def test_bn_to_ln_changes_no_macs_and_separate_downsampling_adds_them():
     # the † analysis: what the architecture determines at the two steps where Table 10 disagrees with it
     for regime in REGIMES:
-        fewer_norms, ln, sep = (roadmap_cli.measure(regime, n)[0] for n in ("fewer_norms", "ln", "separate_ds"))
+        fewer_norms, ln, sep = (roadmap_report.measure(regime, n)[0] for n in ("fewer_norms", "ln", "separate_ds"))
         assert ln == fewer_norms
         assert sep - ln == pytest.approx({"resnet50": 0.31, "resnet200": 0.548}[regime], abs=0.005)
 
@@ -193,7 +193,7 @@ def test_last_step_is_canonical_convnext(regime):
     with torch.device("meta"):
         ours, canon_meta = last.build(), convnext.create_model(FINAL[regime])
     assert count_params(ours) == count_params(canon_meta) == convnext.get_variant(FINAL[regime]).params
-    assert roadmap_cli.measure(regime, last.name)[0] == pytest.approx(count_gmacs(canon_meta), rel=1e-9)
+    assert roadmap_report.measure(regime, last.name)[0] == pytest.approx(count_gmacs(canon_meta), rel=1e-9)
 
     # random LN affines and gammas too: at 1/0 and 1e-6 (the init) they would hide a wrong mapping
     canon = materialize(canon_meta).eval()
@@ -321,13 +321,13 @@ def test_cli_train_really_trains_and_resumes(tmp_path, capsys):
 def test_cli_train_trains_every_step_then_tabulates(tmp_path, monkeypatch, capsys):
     trained = []
 
-    def fake_train_step(step, args, out):
-        assert args.data == str(tmp_path / "data")
+    def fake_train_step(step, data, out, config=None, overrides=()):
+        assert data == str(tmp_path / "data")
         trained.append(step.name)
         out.mkdir(parents=True)
         (out / "summary.json").write_text(json.dumps({"best_top1": step.paper_top1 - 1.0}))
 
-    monkeypatch.setattr(roadmap_cli, "train_step", fake_train_step)
+    monkeypatch.setattr(roadmap_report, "train_step", fake_train_step)
     js = tmp_path / "t.json"
     out = tmp_path / "runs"
     out.mkdir()

@@ -116,7 +116,7 @@ def test_layer_decay_official_rule_and_tiny():
 
 
 def test_randaugment_never_raises_on_posterize():
-    # performance.md pitfall: rand-m9-mstd0.5-inc1 can ask PosterizeIncreasing for 0 bits; Pillow 13 raises
+    # a known pitfall: rand-m9-mstd0.5-inc1 can ask PosterizeIncreasing for 0 bits; Pillow 13 raises
     import random
 
     import numpy as np

@@ -14,6 +14,7 @@ import torch
 import convnext
 from convnext import checkpoint as CK
 from convnext import convert as C
+from convnext import labels
 from convnext import weights as W
 from convnext.errors import UserError
 
@@ -163,7 +164,7 @@ def test_converter_errors():
 
 
 def test_registry_covers_the_readme():
-    # paper.md §1.5: 6 IN-1K files, 3 non-EMA 1K files, 5 IN-22K, 10 22K->1K, 3 isotropic
+    # the official README's tables: 6 IN-1K files, 3 non-EMA 1K files, 5 IN-22K, 10 22K->1K, 3 isotropic
     assert len(W.PRETRAINED) == 27
     assert sum(t.endswith(".fb_in22k") for t in W.PRETRAINED) == 5
     assert sum(".fb_in22k_ft_in1k" in t for t in W.PRETRAINED) == 10
@@ -204,10 +205,12 @@ def test_registry_numbers_and_names():
     assert top1["convnext_base.fb_in22k_ft_in1k"] == 85.8  # the README's eval check: Acc@1 85.820
     assert top1["convnext_xlarge.fb_in22k_ft_in1k_384"] == 87.8
     assert top1["convnext_isotropic_small.fb_in1k"] == 78.7  # README; paper Table 2 says 79.7
-    names = W.get_class_names(W.get_pretrained_cfg("convnext_tiny.fb_in1k"))
+    names = labels.class_names(W.get_pretrained_cfg("convnext_tiny.fb_in1k")["num_classes"])
     assert len(names) == 1000 and names[0] == "tench" and len(set(names)) > 990
-    assert W.get_class_names(W.get_pretrained_cfg("convnext_tiny.fb_in22k")) is None
-    assert W.get_class_names({"class_names": ["cat", "dog"], "num_classes": 2}) == ["cat", "dog"]
+    assert len(labels.class_names(W.get_pretrained_cfg("convnext_tiny.fb_in22k")["num_classes"])) == 21841
+    assert labels.class_names(2, ["cat", "dog"]) == ["cat", "dog"]
+    with pytest.raises(UserError, match="3 class names were given for a 2-class model"):
+        labels.class_names(2, ["cat", "dog", "eel"])
     cfg = W.get_pretrained_cfg("convnext_tiny.fb_in1k")
     cfg["preprocessing"]["img_size"] = 1  # a copy: the registry is not changed through it
     assert W.PRETRAINED["convnext_tiny.fb_in1k"]["preprocessing"]["img_size"] == 224
@@ -339,14 +342,14 @@ def test_head_mismatch_and_drop_head(timm_atto_file):
     model = convnext.create_model("convnext_atto", num_classes=5)
     head = model.head.weight.clone()
     with pytest.raises(UserError, match=r"1000-class head but the model has 5.*num_classes=1000"):
-        W.load_pretrained(model, "convnext_atto", str(path))
-    W.load_pretrained(model, "convnext_atto", str(path), drop_head=True)
+        W.load_pretrained(model, str(path))
+    W.load_pretrained(model, str(path), drop_head=True)
     model.eval()
     assert torch.equal(model.head.weight, head)  # the model's new head is kept
     assert model.pretrained_cfg["num_classes"] == 5 and model.pretrained_cfg["head_dropped"]
     headless = convnext.create_model("convnext_atto")
     headless.reset_classifier(0)  # a feature extractor: the checkpoint's head is not wanted
-    W.load_pretrained(headless, "convnext_atto", str(path)).eval()
+    W.load_pretrained(headless, str(path)).eval()
     with torch.no_grad():
         torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True), pooled,
                                    atol=1e-4, rtol=0)
@@ -364,15 +367,15 @@ def test_wrong_variant_is_named(timm_atto_file):
 def test_convert_file_and_model_from_file(timm_atto_file, tmp_path):
     path, x, logits, _ = timm_atto_file
     for name in ("atto.safetensors", "atto.pth"):
-        dst = C.convert_file(path, tmp_path / name)
+        dst = W.convert_file(path, tmp_path / name)
         sd, meta = CK.load_checkpoint_file(dst)
         assert C.detect_format(sd) == "official"
         assert meta["arch"] == "convnext_atto" and meta["num_classes"] == 1000 and meta["converted_from"] == "timm"
-        model = W.model_from_file(dst).eval()
+        model = convnext.load_model(dst).eval()
         with torch.no_grad():
             torch.testing.assert_close(model(x), logits, atol=1e-4, rtol=0)
     with pytest.raises(UserError, match="must end in .safetensors"):
-        C.convert_file(path, tmp_path / "atto.onnx")
+        W.convert_file(path, tmp_path / "atto.onnx")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -407,10 +410,10 @@ def test_our_training_checkpoint(tmp_path):
     torch.save({"model": sd, "model_ema": ema, "optimizer": {"state": {}}, "epoch": 2, "meta": meta}, path)
     got, got_meta = CK.load_checkpoint_file(path)
     assert torch.equal(got["a"], sd["a"]) and got_meta == meta
-    assert torch.equal(CK.load_checkpoint_file(path, which="model_ema")[0]["a"], ema["a"])
+    assert torch.equal(CK.load_checkpoint_file(path, ema=True)[0]["a"], ema["a"])
     torch.save({"model": sd}, tmp_path / "official.pth")
     with pytest.raises(UserError, match="no EMA weights"):
-        CK.load_checkpoint_file(tmp_path / "official.pth", which="model_ema")
+        CK.load_checkpoint_file(tmp_path / "official.pth", ema=True)
     torch.save(sd, tmp_path / "bare.pt")
     assert list(CK.load_checkpoint_file(tmp_path / "bare.pt")[0]) == ["a"]
 

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from convnext.kernels.ops import new_output
+from convnext.kernels.outputs import new_output
 
 TAPS = 49  # the 7x7 kernel (§2.5), padding 3; the kernels spell out 7 and 3 as literals
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from triton.runtime.errors import OutOfResources
 
-from convnext.kernels.ops import new_output
+from convnext.kernels.outputs import new_output
 
 
 @triton.jit

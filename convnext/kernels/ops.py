@@ -26,9 +26,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 FORCE_ENV = "CONVNEXT_FORCE_TRITON"
-# Checks only (tests, benchmarks/gpu_kernels.py): the Triton paths fill every tensor they allocate for a kernel
-# to write with NaN first, so an element the kernel fails to write shows up in the comparison.
-POISON_OUTPUTS = False
 
 
 @functools.cache
@@ -39,12 +36,6 @@ def triton_available() -> bool:
 def use_triton(t: Tensor) -> bool:
     """Whether an op on `t` runs the Triton kernels (CUDA tensors; CPU tensors only when forced, for tests)."""
     return triton_available() and (t.is_cuda or os.environ.get(FORCE_ENV) == "1")
-
-
-def new_output(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """An uninitialised tensor for a kernel to write (NaN-filled under POISON_OUTPUTS)."""
-    t = torch.empty(shape, dtype=dtype, device=device)
-    return t.fill_(float("nan")) if POISON_OUTPUTS else t
 
 
 def _fp32_or_wider(t: Tensor) -> Tensor:

@@ -1,83 +1,31 @@
-"""`convnext roadmap`: the steps of Table 10 / 11 with the paper's numbers beside ours, a Figure-2-style chart.
+"""The roadmap's table (Tables 10 / 11) with the paper's numbers beside ours, a Figure-2-style chart, and training
+every step with the project's trainer (`convnext roadmap`, convnext/cli/roadmap.py).
 
-    convnext roadmap                                  # ResNet-50 -> ConvNeXt-T (Table 10)
-    convnext roadmap --regime resnet200 --plot roadmap200.png --json roadmap200.json
-    convnext roadmap --out runs/roadmap/resnet50      # adds the measured top-1 of finished runs
-    convnext roadmap --train --data /path/to/imagenet --out runs/roadmap/resnet50   # train every step
-
-"our GFLOPs" are multiply-adds of convs and linears at 224 (convnext.benchmark.count_gmacs, meta device),
-the quantity the paper calls FLOPs. A measured top-1 is read from `<out>/<step name>/summary.json`
-("best_top1"), blank where that run has not finished.
+"our GFLOPs" are multiply-adds of convs and linears at 224 (convnext.benchmark.count_gmacs, meta device), the
+quantity the paper calls FLOPs. A measured top-1 is read from `<out>/<step name>/summary.json` ("best_top1"),
+blank where that run has not finished.
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 from pathlib import Path
 
 import torch
 
+from convnext.benchmark import count_gmacs, count_params
+from convnext.config import apply_overrides, load_config
 from convnext.errors import UserError
-from convnext.roadmap import REFERENCE, REGIMES, Step, get_step, steps
+from convnext.roadmap import REFERENCE, Step, get_step, steps
+from convnext.train import train
 
 TABLE = {"resnet50": "Table 10", "resnet200": "Table 11"}
 ENDPOINT = {"resnet50": "ResNet-50 -> ConvNeXt-T", "resnet200": "ResNet-200 -> ConvNeXt-B"}
 
 
-def add_arguments(p: argparse.ArgumentParser, command: str) -> None:
-    p.add_argument("--regime", choices=REGIMES, default="resnet50",
-                   help="resnet50: ResNet-50 -> ConvNeXt-T (Table 10); resnet200: ResNet-200 -> ConvNeXt-B (Table 11)")
-    p.add_argument("--plot", metavar="PATH", help="also draw the steps as a Figure-2-style chart (PNG)")
-    p.add_argument("--json", metavar="PATH", help="also write the table as JSON")
-    p.add_argument("--out", metavar="DIR", help="the roadmap's run directory, one sub-directory per step: "
-                   "adds their measured top-1 (default with --train: runs/roadmap/<regime>)")
-    p.add_argument("--train", action="store_true", help="train every step with the project's trainer first")
-    p.add_argument("--data", metavar="DATA", help="with --train: an ImageNet-style data root, or fashion_mnist "
-                   "(the embedded set)")
-    p.add_argument("--config", help="with --train: the recipe for every step (default: roadmap:imagenet, or "
-                   "roadmap:fashion_mnist with --data fashion_mnist)")
-    p.add_argument("--steps", metavar="NAME,...", help="with --train: only these steps (default: all)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --train: recipe overrides, e.g. train.epochs=5")
-
-
-def run(args: argparse.Namespace) -> int:
-    for path in (args.json, args.plot):  # fail before the work, not after it
-        if path and not Path(path).resolve().parent.is_dir():
-            raise UserError(f"cannot write {path}: the directory {Path(path).parent} does not exist")
-    if (args.data or args.overrides or args.config or args.steps) and not args.train:
-        raise UserError("--data, --config, --steps and overrides are only used with --train; add --train")
-    if args.train:
-        if not args.data:
-            raise UserError("--train needs --data DATA, the data set to train every step on")
-        args.out = args.out or str(Path("runs") / "roadmap" / args.regime)
-        train_steps(args.regime, args)
-    measured = read_measured(args.regime, args.out) if args.out else {}
-    rows = table(args.regime, measured)
-    print(format_table(args.regime, rows))
-    if args.json:
-        payload = {
-            "regime": args.regime,
-            "paper": TABLE[args.regime],
-            "img_size": 224,
-            "gflops": "multiply-adds of convs and linears at 224x224 (convnext.benchmark.count_gmacs)",
-            "reference": dict(zip(("name", "top1", "gflops"), REFERENCE[args.regime])),
-            "steps": rows,
-        }
-        with open(args.json, "w") as f:
-            json.dump(payload, f, indent=2, ensure_ascii=False)
-        print(f"wrote {args.json}")
-    if args.plot:
-        plot(args.regime, rows, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
-
-
 @functools.lru_cache(maxsize=None)
 def measure(regime: str, name: str) -> tuple[float, int]:
     """(GMACs at 224, parameters) of one step, counted on the meta device (no memory, no init)."""
-    from convnext.benchmark import count_gmacs, count_params
-
     with torch.device("meta"):
         model = get_step(regime, name).build().eval()  # the same MACs; a training-mode BN is decomposed by the counter, 3x slower
     return count_gmacs(model, 224), count_params(model)
@@ -95,6 +43,18 @@ def table(regime: str, measured: dict[str, float] | None = None) -> list[dict]:
             "params": params, "measured_top1": measured.get(s.name), "note": s.note,
         })
     return rows
+
+
+def to_json(regime: str, rows: list[dict]) -> dict:
+    """The table as a JSON document: the paper's numbers, ours and the measured ones per step."""
+    return {
+        "regime": regime,
+        "paper": TABLE[regime],
+        "img_size": 224,
+        "gflops": "multiply-adds of convs and linears at 224x224 (convnext.benchmark.count_gmacs)",
+        "reference": dict(zip(("name", "top1", "gflops"), REFERENCE[regime])),
+        "steps": rows,
+    }
 
 
 def format_table(regime: str, rows: list[dict]) -> str:
@@ -124,7 +84,7 @@ def format_table(regime: str, rows: list[dict]) -> str:
 
 def plot(regime: str, rows: list[dict], path: str) -> None:
     """Figure 2 of the paper: a horizontal bar of top-1 per step, top to bottom, GFLOPs at the bar's end."""
-    import matplotlib
+    import matplotlib  # heavy (~0.3 s), and only the chart needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -178,29 +138,25 @@ def read_measured(regime: str, out: str) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------------------------
 
 
-def train_steps(regime: str, args: argparse.Namespace) -> None:
-    """Train every step of `regime` in order (side branches included), each into <out>/<step name>/."""
-    chosen = steps(regime)
-    if args.steps:
-        names = args.steps.split(",")
-        chosen = [get_step(regime, n) for n in names]  # an unknown name is a UserError listing the steps
+def train_steps(regime: str, data: str, out: str | Path, config: str | None = None, names: list[str] | None = None,
+                overrides: list[str] = ()) -> None:
+    """Train every step of `regime` in order (side branches included), or the steps `names`, each into
+    <out>/<step name>/, on `data` (an ImageNet-layout folder, or "fashion_mnist")."""
+    chosen = [get_step(regime, n) for n in names] if names else steps(regime)  # unknown name: a UserError
     for step in chosen:
-        train_step(step, args, Path(args.out) / step.name)
+        train_step(step, data, Path(out) / step.name, config, overrides)
 
 
-def train_step(step: Step, args: argparse.Namespace, out: Path) -> None:
+def train_step(step: Step, data: str, out: Path, config: str | None = None, overrides: list[str] = ()) -> None:
     """Train one step into `out` with the project's trainer; a finished step is skipped, a started one resumed."""
-    from convnext.config import apply_overrides, load_config
-    from convnext.train import train
-
     if (out / "summary.json").is_file():
         print(f"{step.name}: already trained ({out / 'summary.json'})", flush=True)
         return
-    fmnist = args.data == "fashion_mnist"
-    cfg = load_config(args.config or ("roadmap:fashion_mnist" if fmnist else "roadmap:imagenet"))
-    data = ["data.dataset=fashion_mnist"] if fmnist else ["data.dataset=imagefolder", f"data.root={args.data}"]
+    fmnist = data == "fashion_mnist"
+    cfg = load_config(config or ("roadmap:fashion_mnist" if fmnist else "roadmap:imagenet"))
+    source = ["data.dataset=fashion_mnist"] if fmnist else ["data.dataset=imagefolder", f"data.root={data}"]
     # the step's own stochastic depth unless the recipe turns it off (the small run does: drop_path 0)
     drop = [f"model.drop_path={step.drop_path}"] if cfg.model.drop_path > 0 else []
-    cfg = apply_overrides(cfg, [f"model.name=roadmap/{step.regime}/{step.name}", *drop, *data, *args.overrides])
+    cfg = apply_overrides(cfg, [f"model.name=roadmap/{step.regime}/{step.name}", *drop, *source, *overrides])
     print(f"--- {step.label} {step.name}: {step.change}", flush=True)
     train(cfg, out, resume=(out / "last.pt").is_file())
