@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 
-import torch
+from convnext.benchmark import provenance
+from convnext.checkpoint import write_text
 
 
 def main():
@@ -34,19 +34,15 @@ def main():
         metrics = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
         cfg = json.load(open(os.path.join(run, "config.json")))["config"]
     d, t = cfg["data"], cfg["train"]
-    result = {
-        "setting": f"device=cpu ({platform.machine()}, {os.cpu_count()} cores, torch threads "
-                   f"{torch.get_num_threads()}) dtype={t['precision']} batch={d['batch_size']} img={d['img_size']} "
-                   f"memory_format={'channels_last' if t['channels_last'] else 'contiguous'} "
-                   f"compile={'default' if t['compile'] else 'none'} model={cfg['model']['name']} "
-                   f"epochs={t['epochs']} torch={torch.__version__}",
-        "overrides": a.overrides, "wall_s": round(wall, 1), "summary": summary, "metrics": metrics,
-    }
+    setting = dict(device="cpu", precision=t["precision"], batch_size=d["batch_size"], img_size=d["img_size"],
+                   channels_last=t["channels_last"], compile="default" if t["compile"] else "none",
+                   model=cfg["model"]["name"], epochs=t["epochs"], overrides=a.overrides)
+    result = {**provenance(**setting), "wall_s": round(wall, 1), "summary": summary, "metrics": metrics}
     print(f"demo: {wall:.0f} s wall-clock, final top-1 {summary['final_top1']:.2f}, best {summary['best_top1']:.2f}, "
-          f"EMA final {summary['final_ema_top1']:.2f} ({result['setting']})")
+          f"EMA final {summary['final_ema_top1']:.2f} ({' '.join(f'{k}={v}' for k, v in setting.items())}, "
+          f"{result['device']})")
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(result, f, indent=2)
+        write_text(json.dumps(result, indent=2) + "\n", a.out)
 
 
 if __name__ == "__main__":

@@ -19,18 +19,18 @@ minutes on an H100; a time budget skips what would not fit, and the output says 
     rate and the floor predicted in benchmarks/KERNELS.md. `--sweep` also times each MLP tile candidate.
 (c) throughput. ConvNeXt-T inference (batch 256) and training (batch 128, forward + backward + fused AdamW),
     bf16 autocast, channels_last, 224 px: ours (kernels="triton") eager and torch.compile'd, timm eager and
-    compiled, all in this process, alternating run by run, medians; then S and B while the budget lasts.
-Exit status 1 if any correctness check failed. JSON (everything printed, and more) goes to --out after each part.
+    compiled, all in this process, alternating run by run, medians; then S and B while the budget lasts
+    (convnext.benchmark: Runner, alternate, ratio).
+Exit status 1 if any correctness check failed. JSON (everything printed, and more; convnext.benchmark.provenance
+as its meta) goes to --out after each part.
 """
 from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import itertools
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,14 +42,16 @@ if "--smoke" in sys.argv:  # the interpreter must be chosen before triton is fir
 import torch
 import torch.nn.functional as F
 
-from convnext.benchmark import Runner, Setting
-from convnext.kernels import dwconv_ln_triton, mlp_triton, ops, use_kernels
-from convnext.model import Block, create_model, get_variant
+from convnext import create_model, get_variant
+from convnext.benchmark import Runner, Setting, alternate, provenance, ratio
+from convnext.kernels import dwconv_ln_triton, mlp_triton, ops, outputs, use_kernels
+from convnext.model import Block
 
 T_SHAPES = [(256, 56, 56, 96), (256, 28, 28, 192), (256, 14, 14, 384), (256, 7, 7, 768)]  # (N, H, W, C)
 SMOKE_SHAPES = [(2, 5, 7, 12), (1, 4, 4, 20)]
 BF16_TOL, FP32_TOL = 1e-2, 1e-4
-# H100 ceilings measured in /work/shared/reference/performance.md (the prediction's inputs)
+# The floor's inputs: an H100 SXM's dense bf16 matmul rate and memory bandwidth, as measured (not the datasheet's
+# peaks) in the project's performance notes
 PEAK_FLOPS, PEAK_BYTES = 789e12, 2.984e12
 
 
@@ -63,14 +65,15 @@ class Report:
 
     def __init__(self, args, device: str):
         self.args, self.device, self.t0 = args, device, time.time()
-        name = torch.cuda.get_device_name() if device == "cuda" else f"cpu ({platform.machine()})"
-        self.data = {"meta": {
-            "device": name, "torch": torch.__version__, "triton": _version("triton"), "timm": _version("timm"),
-            "cuda": torch.version.cuda, "date": datetime.datetime.now().isoformat(timespec="seconds"),
-            "argv": sys.argv, "seed": args.seed, "budget_s": args.budget_s, "host_cores": os.cpu_count()},
-            "correctness": [], "kernels": [], "sweep": [], "throughput": [], "skipped": [], "passed": True}
-        print(f"# {name}; torch {torch.__version__}, triton {self.data['meta']['triton']}, "
-              f"timm {self.data['meta']['timm']}; seed {args.seed}", flush=True)
+        meta = provenance(device=device, precision="bf16", seed=args.seed, budget_s=args.budget_s, smoke=args.smoke,
+                          models=args.models, infer_batch=args.infer_batch, train_batch=args.train_batch,
+                          img_size=args.img_size, warmup=args.warmup, iters=args.iters, runs=args.runs,
+                          compile_backend=args.compile_backend)
+        self.data = {"meta": meta, "correctness": [], "kernels": [], "sweep": [], "throughput": [], "skipped": [],
+                     "passed": True}
+        v = meta["versions"]
+        print(f"# {meta['device']}; torch {v['torch']}, triton {v['triton']}, timm {v['timm']}; "
+              f"git {meta['git_commit']}; seed {args.seed}", flush=True)
 
     def elapsed(self) -> float:
         return time.time() - self.t0
@@ -86,18 +89,6 @@ class Report:
         if self.args.out:
             with open(self.args.out, "w") as f:
                 json.dump(self.data, f, indent=1)
-
-
-def _version(mod: str) -> str | None:
-    try:
-        return __import__(mod).__version__
-    except ImportError:
-        return None
-
-
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -140,7 +131,7 @@ def correctness(rep: Report, shapes) -> None:
     dev = rep.device
     # the CPU interpreter converts fp32 to bf16 by truncation, not round-to-nearest: looser there (--smoke)
     tol = 3 * BF16_TOL if rep.args.smoke else BF16_TOL
-    ops.POISON_OUTPUTS = True
+    outputs.POISON = True
     for i, (n, h, w, c) in enumerate(shapes):
         for policy in ("save", "recompute"):
             seed = rep.args.seed + 2 * i + (policy == "recompute")  # fresh inputs and parameters every check
@@ -177,7 +168,7 @@ def correctness(rep: Report, shapes) -> None:
             del ref, ours, x, gy, truth
             if dev == "cuda":
                 torch.cuda.empty_cache()
-    ops.POISON_OUTPUTS = False
+    outputs.POISON = False
     rep.save()
 
 
@@ -338,7 +329,7 @@ def _group(rep: Report, name: str, train: bool, timm) -> None:
     a, dev = rep.args, rep.device
     batch = a.train_batch if train else a.infer_batch
     dp = get_variant(name).drop_path if train else 0.0  # the paper's stochastic depth when training (Table 5)
-    base = Setting(device=dev, dtype="bf16", batch_size=batch, img_size=a.img_size, channels_last=True,
+    base = Setting(device=dev, precision="bf16", batch_size=batch, img_size=a.img_size, channels_last=True,
                    compile="none", train=train)
     comp = replace(base, compile="default")
     entries = [("ours eager", lambda: create_model(name, kernels="triton", drop_path_rate=dp), base),
@@ -349,39 +340,31 @@ def _group(rep: Report, name: str, train: bool, timm) -> None:
     if timm is not None:
         entries += [("timm eager", lambda: timm.create_model(name, drop_path_rate=dp), base),
                     ("timm compiled", lambda: timm.create_model(name, drop_path_rate=dp), comp)]
-    runners = []
+    runners: dict[str, Runner] = {}
+    setup_s: dict[str, float] = {}
     for label, make, s in entries:
         t = time.time()
         r = Runner(make(), s)
         if s.compile != "none" and a.compile_backend != "inductor":  # --smoke: no C++ toolchain needed
             r.fn = torch.compile(r.model, backend=a.compile_backend)
-        for _ in range(a.warmup):
-            r.step()
-        _sync(dev)
-        runners.append({"label": label, "runner": r, "setup_s": time.time() - t, "img_s": []})
-        print(f"  ready: {label} ({time.time() - t:.0f} s compile + warm-up)", flush=True)
-    for i in range(a.runs):  # alternate the order, so a noisy stretch slows every entry alike
-        for e in runners[i % len(runners):] + runners[:i % len(runners)]:
-            e["img_s"].append(e["runner"].time(a.iters))
-    peer = next((e for e in runners if e["label"] == "timm compiled"), None)
-    for e in runners:
-        med = statistics.median(e["img_s"])
-        ratio = statistics.median(x / y for x, y in zip(e["img_s"], peer["img_s"])) if peer else None
-        mem = None
-        if dev == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            e["runner"].step()
-            torch.cuda.synchronize()
-            mem = torch.cuda.max_memory_allocated() / 2**20
-        row = {"model": name, "what": e["label"], "img_s": med, "runs": e["img_s"], "vs_timm_compiled": ratio,
-               "setup_s": e["setup_s"], "peak_mb": mem, "setting": asdict(e["runner"].s)}
+        r.warm_up(a.warmup)
+        runners[label], setup_s[label] = r, time.time() - t
+        print(f"  ready: {label} ({setup_s[label]:.0f} s compile + warm-up)", flush=True)
+    # alternate the order run by run, so a noisy stretch slows every entry alike
+    runs = alternate({label: (lambda r=r: r.time(a.iters)) for label, r in runners.items()}, a.runs)
+    peer = runs.get("timm compiled")
+    for label, r in runners.items():
+        med = statistics.median(runs[label])
+        vs = ratio(runs[label], peer) if peer else None
+        mem = r.peak_memory_mb()
+        row = {"model": name, "what": label, "img_s": med, "runs": runs[label], "vs_timm_compiled": vs,
+               "setup_s": setup_s[label], "peak_mb": mem, "setting": asdict(r.s)}
         rep.data["throughput"].append(row)
-        ratio_txt = f"  x{ratio:.2f} vs timm compiled" if ratio else ""
+        ratio_txt = f"  x{vs:.2f} vs timm compiled" if vs else ""
         mem_txt = f"  peak {mem:.0f} MB" if mem else ""
-        print(f"{name} {e['label']:24s} {med:9.0f} img/s{ratio_txt}{mem_txt} | {e['runner'].s.describe()}",
-              flush=True)
-    for e in runners:
-        del e["runner"]
+        print(f"{name} {label:24s} {med:9.0f} img/s{ratio_txt}{mem_txt} | {r.s.describe()}", flush=True)
+    runners.clear()
+    del r  # the last Runner too, so that its memory is freed before empty_cache
     if dev == "cuda":
         torch.cuda.empty_cache()
     torch._dynamo.reset()

@@ -10,20 +10,22 @@ torch.compile'd, beside a plain loop around timm's model; and whether the input 
       trainer      `convnext.train.train` with the in1k:tiny recipe (mixup/cutmix, drop path 0.1, EMA, per-step
                    lr, seeding, loss check, progress): the whole loop as a user runs it
       plain-ours   the plain loop around our convnext_tiny (separates the model from the loop)
-    eager, then compiled (torch.compile default mode). Every step ends in a sync (the trainer's loss.item(); a
-    cuda.synchronize in the plain loops), so per-step times are comparable: img/s = batch / median step time
-    after the warm-up steps (compilation included in the warm-up).
+    eager, then compiled (torch.compile default mode). Every step waits for the step before it to finish on the
+    GPU (the trainer reads each step's loss one step late; the plain loops wait on the previous step's CUDA event
+    likewise), then takes a timestamp (the trainer's through `on_step`, convnext.benchmark.StepTimer), so
+    per-step times are comparable: img/s = batch / median step time after the warm-up steps (compilation
+    included in the warm-up).
 (b) pipeline. JPEGs of 500x375 (about ImageNet's mean size) cut from scikit-image's photos, in the ImageNet
     layout; ImageFolderData with the paper's train transform (RandomResizedCrop, flip, RandAugment
     rand-m9-mstd0.5-inc1, random erasing) and `--workers` DataLoader workers: the loader alone (img/s, worker
     start-up excluded), then the trainer end to end on that folder, eager and compiled, as (a).
-Every number is printed with device, dtype, batch, memory format and compile mode; JSON goes to --out after
-each part, so a run cut short still leaves what it measured.
+Every number is printed with device, precision, batch, memory format and compile mode (Setting.describe);
+JSON (with convnext.benchmark.provenance as its meta) goes to --out after each number, so a run cut short still
+leaves what it measured.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import os
@@ -31,17 +33,18 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import convnext.train as trainer  # noqa: E402
-from convnext.config import load_config, replace  # noqa: E402
-from convnext.data import ImageFolderData  # noqa: E402
-from convnext.model import create_model  # noqa: E402
+from convnext import create_model
+from convnext.benchmark import Setting, StepTimer, provenance, sync
+from convnext.config import load_config, replace
+from convnext.data import ImageFolderData
+from convnext.runtime import autocast
+from convnext.train import train
 
 
 class Run:
@@ -49,21 +52,25 @@ class Run:
         self.a, self.t0 = a, time.time()
         self.cuda = torch.cuda.is_available() and not a.smoke
         self.dev = "cuda" if self.cuda else "cpu"
-        name = torch.cuda.get_device_name() if self.cuda else "cpu"
-        self.dtype = "bf16" if self.cuda else "fp32"
-        self.data = {"meta": {"device": name, "torch": torch.__version__, "timm": _version("timm"),
-                              "host_cores": os.cpu_count(), "date": datetime.datetime.now().isoformat("T", "seconds"),
-                              "argv": sys.argv}, "loop": [], "pipeline": [], "skipped": []}
-        print(f"# {name}; torch {torch.__version__}; timm {self.data['meta']['timm']}; {os.cpu_count()} host cores",
-              flush=True)
+        self.precision = "bf16" if self.cuda else "fp32"
+        self.model = "convnext_atto" if a.smoke else "convnext_tiny"
+        meta = provenance(**asdict(self.setting(False)), warmup=a.warmup, steps=a.steps, workers=a.workers,
+                          budget_s=a.budget_s, smoke=a.smoke)
+        self.data = {"meta": meta, "loop": [], "pipeline": [], "skipped": []}
+        v = meta["versions"]
+        print(f"# {meta['device']}; torch {v['torch']}; timm {v['timm']}; {meta['host']['cores']} host cores; "
+              f"git {meta['git_commit']}", flush=True)
 
     def left(self) -> float:
         return self.a.budget_s - (time.time() - self.t0)
 
-    def setting(self, compiled: bool, extra: str = "") -> str:
-        a = self.a
-        return (f"device={self.data['meta']['device']} dtype={self.dtype} (autocast) batch={a.batch} img={a.img_size} "
-                f"memory_format=channels_last compile={'default' if compiled else 'none'}{extra}")
+    def setting(self, compiled: bool) -> Setting:
+        """What every number here is measured under: a training step, channels_last, autocast in `precision`."""
+        return Setting(device=self.dev, precision=self.precision, batch_size=self.a.batch, img_size=self.a.img_size,
+                       channels_last=True, compile="default" if compiled else "none", train=True)
+
+    def describe(self, compiled: bool, extra: str = "") -> str:
+        return self.setting(compiled).describe() + extra
 
     def record(self, part: str, row: dict) -> None:
         self.data[part].append(row)
@@ -80,20 +87,17 @@ class Run:
             Path(self.a.out).write_text(json.dumps(self.data, indent=2) + "\n")
 
 
-def _version(mod: str):
-    try:
-        return __import__(mod).__version__
-    except ImportError:
-        return None
-
-
-def _rate(stamps: list[float], warmup: int, batch: int) -> dict:
+def _rate(timer: StepTimer, t0: float, warmup: int, batch: int) -> dict:
+    """img/s from the median step time after the first `warmup` steps (StepTimer.img_s), and the mean beside it."""
+    stamps = timer.stamps
     steps = [b - a for a, b in zip(stamps[warmup - 1:], stamps[warmup:])]
-    return {"img_s": batch / statistics.median(steps), "img_s_mean": batch * len(steps) / sum(steps),
-            "steps_timed": len(steps)}
+    return {"img_s": timer.img_s(batch, skip=warmup - 1), "img_s_mean": batch * len(steps) / sum(steps),
+            "steps_timed": len(steps), "first_step_s": stamps[0] - t0}
 
 
 def plain_loop(r: Run, model, compiled: bool) -> dict:
+    """The plain loop: one pinned batch copied to the device every step, autocast forward, label-smoothed CE,
+    backward, fused AdamW; before each timestamp it waits for the previous step to finish, as the trainer does."""
     a = r.a
     fmt = torch.channels_last
     model = model.to(r.dev, memory_format=fmt).train()
@@ -104,59 +108,50 @@ def plain_loop(r: Run, model, compiled: bool) -> dict:
     y = torch.randint(0, 1000, (a.batch,), generator=g)
     if r.cuda:
         x, y = x.pin_memory(), y.pin_memory()
-    dtype = torch.bfloat16 if r.cuda else torch.float32
-    stamps, t0 = [], time.perf_counter()
+    timer, previous = StepTimer(), None
+    t0 = time.perf_counter()
     for _ in range(a.warmup + a.steps):
         xd = x.to(r.dev, non_blocking=True, memory_format=fmt)
         yd = y.to(r.dev, non_blocking=True)
-        with torch.autocast(r.dev, dtype=dtype, enabled=r.cuda):
+        with autocast(r.dev, r.precision):
             out = net(xd)
         loss = F.cross_entropy(out.float(), yd, label_smoothing=0.1)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        if r.cuda:
-            torch.cuda.synchronize()
-        stamps.append(time.perf_counter())
-    res = _rate(stamps, a.warmup, a.batch)
-    res["first_step_s"] = stamps[0] - t0
-    return res
+        if r.cuda:  # the trainer's pace: this step queued, the one before it finished
+            done = torch.cuda.Event()
+            done.record()
+            if previous is not None:
+                previous.synchronize()
+            previous = done
+        timer(None)
+    sync(r.dev)
+    return _rate(timer, t0, a.warmup, a.batch)
 
 
 def trainer_run(r: Run, data_cfg: dict, compiled: bool, steps: int) -> dict:
-    """The real trainer, with per-step timestamps taken where its progress bar is updated (after loss.item())."""
+    """The real trainer, with a timestamp after every optimizer step (its `on_step` callback)."""
     a = r.a
-    stamps: list[float] = []
-
-    class Timed(trainer.Progress):
-        def update(self, loss, lr, images):
-            stamps.append(time.perf_counter())
-            super().update(loss, lr, images)
-
     cfg = load_config("in1k:tiny")
     over = {"data.batch_size": a.batch, "data.img_size": a.img_size, "train.max_steps": a.warmup + steps,
-            "train.compile": compiled, "train.precision": r.dtype, "train.channels_last": True,
+            "train.compile": compiled, "train.precision": r.precision, "train.channels_last": True,
             "train.eval_every": 10**6, "train.log_every": 10**6, "train.accum_steps": 1, "data.limit_eval": 256}
     if a.smoke:
         over["model.name"] = "convnext_atto"
     cfg = replace(cfg, **over, **data_cfg)
-    original, trainer.Progress = trainer.Progress, Timed
+    timer = StepTimer()
     t0 = time.perf_counter()
-    try:
-        with tempfile.TemporaryDirectory() as out:
-            trainer.train(cfg, out, device=r.dev)
-    finally:
-        trainer.Progress = original
-    res = _rate(stamps, a.warmup, a.batch)
-    res["first_step_s"] = stamps[0] - t0
-    return res
+    with tempfile.TemporaryDirectory() as out:
+        train(cfg, out, device=r.dev, on_step=timer)
+    return _rate(timer, t0, a.warmup, a.batch)
 
 
 def loop_part(r: Run) -> None:
     import timm
 
     a = r.a
-    name = "convnext_atto" if a.smoke else "convnext_tiny"
+    name = r.model
     for compiled in (False, True):
         if compiled and r.left() < 150:
             r.skip("compiled loop group")
@@ -171,7 +166,7 @@ def loop_part(r: Run) -> None:
             else:
                 make = timm.create_model if what == "plain-timm" else create_model
                 res = plain_loop(r, make(name, drop_path_rate=0.1), compiled)
-            res.update(what=f"{what} {tag}", setting=r.setting(compiled, f" model={name} data=synthetic"))
+            res.update(what=f"{what} {tag}", setting=r.describe(compiled, f" model={name} data=synthetic"))
             r.record("loop", res)
             torch.cuda.empty_cache() if r.cuda else None
 
@@ -232,7 +227,8 @@ def pipeline_part(r: Run, tmp: Path) -> None:
         rate = a.batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
         r.record("pipeline", {"what": f"loader alone, epoch {epoch}", "img_s": rate, "steps": len(stamps),
                               "setting": f"{a.workers} workers on {os.cpu_count()} host cores, batch={a.batch}, "
-                                         f"img={a.img_size}, paper's train transform, PIL, first batch excluded"})
+                                         f"img={a.img_size}, paper's train transform, PIL, first batch excluded "
+                                         f"(loader only: no device, precision, memory format or compile)"})
     folder = {"data.dataset": "imagefolder", "data.root": str(root), "data.workers": a.workers}
     for compiled in (False, True):
         if compiled and r.left() < 120:
@@ -240,8 +236,8 @@ def pipeline_part(r: Run, tmp: Path) -> None:
             return
         tag = "compiled" if compiled else "eager"
         res = trainer_run(r, folder, compiled, steps - a.warmup)
-        res.update(what=f"trainer {tag}, JPEG folder", setting=r.setting(compiled, f" data=ImageFolder "
-                                                                         f"{a.workers} workers"))
+        res.update(what=f"trainer {tag}, JPEG folder", setting=r.describe(compiled, f" model={r.model} "
+                                                                          f"data=ImageFolder {a.workers} workers"))
         r.record("pipeline", res)
 
 
