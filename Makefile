@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-detection test bench clean
 
 setup: $(VENV)/.installed $(FMNIST)
 
@@ -26,6 +26,12 @@ $(FMNIST):
 
 demo: setup
 	$(BIN)/convnext train --config demo --out runs/demo
+
+# the offline detection demo (RESULTS.md): the classifier above starts the detector's backbone
+demo-detection: setup
+	test -f runs/demo/best_ema.pt || $(BIN)/convnext train --config demo --out runs/demo
+	test -f data/scenes/annotations/instances_val2017.json || $(BIN)/convnext data scenes --out data/scenes
+	$(BIN)/convnext train --config scenes --data data/scenes --out runs/scenes
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

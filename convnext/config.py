@@ -27,6 +27,9 @@ class ModelConfig:
     init: str = ""  # fine-tune from: a registry tag, an official checkpoint or one of ours ("" = from scratch)
     init_ema: bool = False  # start from the EMA weights of `init` (a checkpoint of ours; §A.2)
     grad_checkpointing: bool = False
+    # detectors only: settings of convnext.detection.create_detector beyond the official defaults, as
+    # "name=value" strings (e.g. model.detector=box_batch_size_per_image=128,fpn_channels=128 on the command line)
+    detector: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,17 @@ class DataConfig:
     skip_bad_images: bool = False  # opt-in: skip and count unreadable images instead of stopping
     limit_train: int = 0  # train on a fixed random subset of this many images (0 = all); for small runs
     limit_eval: int = 0  # evaluate on a fixed random subset of this many images (0 = all); for smoke tests
+    # Detection (dataset=coco: root/annotations/instances_<split>.json + root/<split>/; configs/coco.py). The
+    # official ConvNeXt COCO pipeline: flip 0.5, then one of two policies at random: resize the short side to one
+    # of `det_scales` (long side <= det_max_size); or resize to one of `det_crop_scales`, crop a random
+    # `det_crop_size` range, resize to one of `det_scales`. Evaluation resizes to det_test_scale / det_max_size.
+    det_scales: tuple[int, ...] = tuple(range(480, 801, 32))  # 480, 512, ..., 800
+    det_max_size: int = 1333
+    det_crop_scales: tuple[int, ...] = (400, 500, 600)
+    det_crop_size: tuple[int, int] = (384, 600)  # mmdet RandomCrop(crop_type="absolute_range")
+    det_test_scale: int = 800
+    train_split: str = "train2017"
+    eval_split: str = "val2017"
 
 
 @dataclass(frozen=True)
@@ -64,6 +78,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_epochs: float = 20.0
     layer_decay: float = 1.0  # Table 6: 0.7 (1K->384), 0.8 (22K->1K); 1.0 = off
+    # which parameters form a "layer" (convnext/optim.py): classification (Table 6; 12 groups + head) |
+    # layer_wise (the official detection rule) | stage_wise (the official segmentation rule)
+    layer_decay_rule: str = "classification"
+    layer_decay_layers: int = 12  # num_layers of the official dense configs: 6 for T, 12 for S/B/L/XL
     clip_grad: float = 0.0  # max global grad norm; 0 = off (Table 5: none). Applied in every precision
     # The lr schedule after the warm-up (convnext/optim.py: lr_at). cosine: the official classification schedule
     # (to min_lr, over the steps after the warm-up); poly: (1 - t/T)^poly_power down to min_lr (UperNet: power 1,
@@ -94,8 +112,12 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = the whole schedule); for tests and smoke runs
 
 
+TASKS = ("classification", "detection")  # what convnext/tasks.py trains
+
+
 @dataclass(frozen=True)
 class Config:
+    task: str = "classification"  # one of TASKS; set by the config file (configs/coco.py: detection)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -166,7 +188,7 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         if not eq:
             raise UserError(f"override {item!r} is not of the form section.key=value (e.g. optim.lr=1e-3)")
         section, _, name = key.partition(".")
-        sections = {f.name: f for f in dataclasses.fields(Config)}
+        sections = {f.name: f for f in dataclasses.fields(Config) if dataclasses.is_dataclass(f.default_factory)}
         if section not in sections or not name:
             raise UserError(f"unknown config key {key!r}; sections are {', '.join(sections)} (e.g. optim.lr)")
         sub = getattr(cfg, section)
@@ -269,6 +291,7 @@ def from_dict(d: dict) -> Config:
         return cls(**kw)
 
     return Config(
+        task=d.get("task", "classification"),
         model=build(ModelConfig, d["model"]), data=build(DataConfig, d["data"]),
         optim=build(OptimConfig, d["optim"]), train=build(TrainConfig, d["train"]),
     )

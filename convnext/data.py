@@ -166,14 +166,15 @@ class TensorData(Data):
             yield self._normalize(x), self.y_train[idx]
 
     def eval_batches(self, world, rank, limit=0):
-        idx_all = _eval_indices(self.num_eval, limit)[rank::world]  # a shard per rank, nothing counted twice
+        idx_all = subset_indices(self.num_eval, limit)[rank::world]  # a shard per rank, nothing counted twice
         for i in range(0, len(idx_all), self.batch_size * 2):
             idx = idx_all[i: i + self.batch_size * 2]
             yield self._normalize(self.x_eval[idx]), self.y_eval[idx]
 
 
-def _eval_indices(n: int, limit: int) -> torch.Tensor:
-    """The evaluation images to read: all n, or the fixed random subset of `limit` (see _subset)."""
+def subset_indices(n: int, limit: int) -> torch.Tensor:
+    """All n indices, or the fixed random subset of `limit` of them, sorted (seed 0, whatever the run's seed):
+    what data.limit_train, data.limit_eval and evaluation subsets mean, in every task."""
     keep = _subset(n, limit)
     return torch.arange(n)[keep] if isinstance(keep, slice) else keep
 
@@ -255,6 +256,22 @@ def _collate(items):
     return x, y, bad
 
 
+def load_files(dataset: Dataset, batches: list, collate, workers: int) -> DataLoader:
+    """A loader of `batches` (lists of dataset keys) decoded in `workers` processes (0: in this one)."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=False)
+
+
+def check_bad_files(bad: list[tuple[str, str]], skip: bool) -> int:
+    """The rule for unreadable files, in every task: a UserError naming the first of `bad` ((path, reason) pairs),
+    or, with data.skip_bad_images (`skip`), how many to add to the count of skipped files."""
+    if bad and not skip:
+        path, err = bad[0]
+        raise UserError(f"cannot read image {path} ({err}); fix or remove it, or pass "
+                        f"data.skip_bad_images=true to skip and count unreadable files")
+    return len(bad)
+
+
 class ImageFolderData(Data):
     def __init__(self, cfg, seed: int = 0, train: bool = True):
         root = Path(cfg.root)
@@ -279,33 +296,21 @@ class ImageFolderData(Data):
         self._train_tf = train_transform(cfg) if train else None
         self._eval_tf = eval_transform(cfg.img_size, IMAGENET_MEAN, IMAGENET_STD, crop)
 
-    def _loader(self, dataset, batches):
-        return DataLoader(dataset, batch_sampler=batches, num_workers=self.cfg.workers, collate_fn=_collate,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=False)
-
-    def _check(self, bad):
-        if bad:
-            if not self.cfg.skip_bad_images:
-                path, err = bad[0]
-                raise UserError(f"cannot read image {path} ({err}); fix or remove it, or pass "
-                                f"data.skip_bad_images=true to skip and count unreadable files")
-            self.skipped += len(bad)
-
     def train_batches(self, epoch, steps, accum, world, rank):
         perm = epoch_permutation(self.num_train, self.seed, epoch).tolist()
         batches = [[(perm[p], sample_seed(self.seed, epoch, p)) for p in range(sl.start, sl.stop)]
                    for _, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
-        for x, y, bad in self._loader(_Files(self.train, self._train_tf), batches):
-            self._check(bad)
+        for x, y, bad in load_files(_Files(self.train, self._train_tf), batches, _collate, self.cfg.workers):
+            self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
             if x is not None:
                 yield x, y
 
     def eval_batches(self, world, rank, limit=0):
-        idx = _eval_indices(self.num_eval, limit)[rank::world].tolist()
+        idx = subset_indices(self.num_eval, limit)[rank::world].tolist()
         bs = max(1, int(self.cfg.batch_size * 1.5))  # the official val batch is 1.5 x the training batch
         batches = [[(i, 0) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
-        for x, y, bad in self._loader(_Files(self.val, self._eval_tf), batches):
-            self._check(bad)
+        for x, y, bad in load_files(_Files(self.val, self._eval_tf), batches, _collate, self.cfg.workers):
+            self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
             if x is not None:
                 yield x, y
 

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from convnext.errors import UserError
 
 NUM_LAYER_GROUPS = 12  # the official rule: 12 layer ids + the head (optim_factory.get_num_layer_for_convnext)
 
@@ -36,28 +39,69 @@ def layer_id(name: str, model: nn.Module) -> int:
     return top
 
 
-def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+def dense_layer_id(name: str, num_layers: int, kind: str = "layer_wise") -> int:
+    """Layer id of a parameter of a detector or segmenter whose backbone is `backbone.body.*` or `backbone.*`,
+    by the official dense-prediction rule (`object_detection/mmcv_custom/layer_decay_optimizer_constructor.py`,
+    the same file for segmentation); scale = decay ** (num_layers + 1 - id).
+
+    Not the classification rule above. `layer_wise` (detection; `num_layers` 6 for T, 12 for the others):
+    downsample 0 -> 0, 1 -> 2, 2 -> 3, 3 -> num_layers; stage 0 -> 1, stage 1 -> 2, block k of stage 2 -> 3 + k // 3
+    (not scaled by depth), stage 3 -> num_layers; everything outside the backbone (neck, heads) -> num_layers + 1.
+    `stage_wise` (segmentation): downsample layers -> 0, stage s -> s + 1, everything else -> num_layers + 1.
+    """
+    parts = name.split(".")
+    if parts[0] != "backbone":
+        return num_layers + 1
+    parts = parts[2:] if parts[1] == "body" else parts[1:]  # torchvision's BackboneWithFPN-like nesting, or not
+    if parts[0] not in ("downsample_layers", "stages"):
+        return num_layers + 1  # the backbone's output norms: the official rule puts them with the heads
+    i = int(parts[1])
+    if kind == "stage_wise":
+        return 0 if parts[0] == "downsample_layers" else i + 1
+    if kind != "layer_wise":
+        raise ValueError(f"unknown layer decay type {kind!r}")
+    if parts[0] == "downsample_layers":
+        return {0: 0, 1: 2, 2: 3, 3: num_layers}[i]
+    return {0: 1, 1: 2, 2: 3 + int(parts[2]) // 3, 3: num_layers}[i]
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
+                 layer_of: Callable[[str], int] | None = None, top: int = NUM_LAYER_GROUPS + 1) -> list[dict]:
     """AdamW groups: weight decay only on >= 2-D weights (not on norms, biases or the layer scale gamma, as the
-    official code); each group carries `lr_scale` for layer-wise decay (1.0 everywhere when decay is 1)."""
+    official code); each group carries `lr_scale` = layer_decay ** (top - layer id) (1.0 everywhere when decay is
+    1). `layer_of(name)` gives the layer id: the classification rule (`layer_id`) unless given."""
+    layer_of = layer_of or (lambda name: layer_id(name, model))
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim <= 1 or name.endswith(".bias")
-        lid = layer_id(name, model) if layer_decay != 1.0 else NUM_LAYER_GROUPS + 1
+        lid = layer_of(name) if layer_decay != 1.0 else top
         key = (lid, no_decay)
         if key not in groups:
             groups[key] = {
                 "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-                "lr_scale": layer_decay ** (NUM_LAYER_GROUPS + 1 - lid),
+                "lr_scale": layer_decay ** (top - lid),
             }
         groups[key]["params"].append(p)
         groups[key]["names"].append(name)
     return list(groups.values())
 
 
+LAYER_DECAY_RULES = ("classification", "layer_wise", "stage_wise")
+
+
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.AdamW:
-    groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    """AdamW over `param_groups`, with the layer-decay rule `cfg.layer_decay_rule` names: the classification rule
+    (`layer_id`), or the dense-prediction rules (`dense_layer_id`, over `cfg.layer_decay_layers` layers)."""
+    rule = cfg.layer_decay_rule
+    if rule not in LAYER_DECAY_RULES:
+        raise UserError(f"optim.layer_decay_rule={rule!r} is not one of {', '.join(LAYER_DECAY_RULES)}")
+    if rule == "classification":
+        groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    else:
+        n = cfg.layer_decay_layers
+        groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, lambda name: dense_layer_id(name, n, rule), n + 1)
     for g in groups:
         g.pop("names")
     # fused on CPU too: PyTorch's default there is the per-tensor loop, ~9x slower for ConvNeXt-atto's step

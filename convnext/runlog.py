@@ -22,15 +22,18 @@ class Progress:
 
     def __init__(self, total: int, label: str, enabled: bool, every: int):
         self.enabled, self.every, self.n, self.total, self.label = enabled, every, 0, total, label
+        self.seen = 0  # images so far in this period
         self.t0 = time.perf_counter()
         self.bar = tqdm(total=total, desc=label, dynamic_ncols=True, leave=True) if enabled and sys.stderr.isatty() \
             else None
 
     def update(self, loss: float, lr: float, images: int) -> None:
+        """One more step of `images` images (all processes)."""
         self.n += 1
+        self.seen += images
         if not self.enabled:
             return
-        rate = images / max(1e-9, time.perf_counter() - self.t0)
+        rate = self.seen / max(1e-9, time.perf_counter() - self.t0)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{rate:.0f}", refresh=False)
             self.bar.update(1)
@@ -97,7 +100,8 @@ class PeriodLog:
             raise NonFiniteLoss(f"the loss became {values[0]} at step {p.step} (epoch {p.epoch}); stopped. The last "
                                 f"good checkpoint is {self.last_good}; lower optim.lr or set optim.clip_grad")
         self.sums = values if not self.sums else [a + b for a, b in zip(self.sums, values)]
-        self.names, self.n, self.lr, self.images = p.names, self.n + 1, p.lr, p.images
+        self.names, self.n, self.lr = p.names, self.n + 1, p.lr
+        self.images += p.images
         self.bar.update(values[0], p.lr, p.images)
 
     def close(self) -> dict:

@@ -17,10 +17,12 @@ COMMANDS = {
     "info": "parameters, GMACs and per-stage output shapes of a model",
     "bench": "inference/training throughput, optionally against timm in the same process",
     "train": "train or fine-tune with the paper's recipe (torchrun for many processes)",
-    "eval": "top-1/top-5 on an ImageFolder with the official protocol",
+    "eval": "top-1/top-5 of a classifier (official protocol), or COCO box/mask AP of a detector",
     "predict": "classify image files",
     "export": "export to ONNX, TorchScript or torch.export",
     "roadmap": "the ResNet -> ConvNeXt modernization roadmap: table, chart, training",
+    "detect": "detect and segment objects with a trained detector, drawing them onto the images",
+    "data": "make data sets: `data scenes`, the offline detection set",
 }
 
 

@@ -1,8 +1,10 @@
-"""`convnext train`: train or fine-tune a classifier with a config from configs/ (convnext/train.py, engine.py).
+"""`convnext train`: train or fine-tune with a config from configs/: a classifier (convnext/train.py) or a detector
+(convnext/detection/task.py), whichever task the config names, on the one engine (convnext/engine.py).
 
     convnext train --config demo
     convnext train --config in1k:tiny --data /data/imagenet optim.lr=2e-3
     torchrun --nproc_per_node=8 -m convnext train --config in1k:tiny --data /data/imagenet --out runs/t
+    convnext train --config coco:mask_rcnn_tiny --data /data/coco --out runs/mrcnn
     convnext train --out runs/t --resume
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 from convnext.checkpoint import load_run_checkpoint
 from convnext.cli import common
 from convnext.config import apply_overrides, dumps, from_dict, load_config
-from convnext.train import train
+from convnext.tasks import train
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
