@@ -204,6 +204,20 @@ def test_one_of_two_objects_found(coco):
         assert metrics[f"{prefix}_APl"] == pytest.approx(100.0)  # the large object (the cat in image 1) was found
 
 
+def test_per_class_ap50_by_name(coco):
+    """Cat: one of its two objects found (51/101 at IoU 0.5); dog and bird all found; names from the annotations."""
+    outputs = {1: perfect(coco, 1), 2: perfect(coco, 2), 3: output(3, [detection(coco, 6)])}
+    ev = CocoEvaluator(coco, CATEGORY_IDS)
+    ev.update(list(outputs), list(outputs.values()))
+    ev.summarize()
+    for iou_type in ("bbox", "segm"):
+        got = ev.per_class_ap50(iou_type)
+        names = {c["id"]: c["name"] for c in CATEGORIES}
+        assert list(got) == [names[i] for i in sorted(CATEGORY_IDS)]
+        assert got[names[3]] == pytest.approx(100 * 51 / 101)
+        assert got[names[7]] == pytest.approx(100.0) and got[names[11]] == pytest.approx(100.0)
+
+
 def test_a_false_positive_scored_above_the_true_ones(coco):
     """A dog is 'found' in image 3, which has none, with a higher score than both real dogs."""
     false_dog = detection(coco, 6, score=0.95, label=2)  # the bird's box and mask, called a dog

@@ -89,7 +89,7 @@ def test_detect_and_eval_commands(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
                  "--json", str(tmp_path / "m.json"), "--results", str(tmp_path / "r.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) >= {"box_AP", "box_AP50", "mask_AP", "mask_ARl"}
+    assert set(metrics) >= {"box_AP", "box_AP50", "mask_AP", "mask_ARl"} and len(metrics["per_class_AP50"]["bbox"]) == 10
     assert isinstance(json.loads((tmp_path / "r.json").read_text()), list)
     assert "AP50" in capsys.readouterr().out  # the table
 

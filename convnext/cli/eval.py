@@ -89,9 +89,12 @@ def run_detection(args: argparse.Namespace) -> int:
             print(f"{model.arch} on {args.data} {args.split} ({data.num_eval} images, {args.checkpoint}"
                   f"{' EMA' if args.ema else ''} weights)")
             print(evaluator.table())
+            per_class = {t: evaluator.per_class_ap50(t) for t in evaluator.iou_types}
+            print("AP50 per class (box / mask): " + ", ".join(
+                f"{name} {per_class['bbox'][name]:.1f} / {per_class['segm'][name]:.1f}" for name in per_class["bbox"]))
             if args.results:
                 evaluator.write_results(args.results)
-            common.write_json(args.json, metrics)
+            common.write_json(args.json, {**metrics, "per_class_AP50": per_class})
     finally:
         distributed.teardown(d)
     return 0

@@ -124,6 +124,7 @@ class CocoEvaluator:
         self.iou_types = tuple(iou_types)
         self.results: dict[int, dict[str, list[dict]]] = {}  # image id -> {iou type: records}, empty lists kept
         self.metrics: dict[str, float] | None = None
+        self._precision: dict[str, np.ndarray] = {}  # COCOeval's precision array per IoU type (per_class_ap50)
 
     def update(self, image_ids: Sequence[int], outputs: Sequence[dict]) -> None:
         """Add a batch: `outputs[i]` is the detector's eval-mode output for `image_ids[i]`, already in the original
@@ -200,7 +201,21 @@ class CocoEvaluator:
             ev.evaluate()
             ev.accumulate()
             ev.summarize()
+        self._precision[iou_type] = ev.eval["precision"]
         return ev.stats
+
+    def per_class_ap50(self, iou_type: str = "bbox") -> dict[str, float]:
+        """AP at IoU 0.5 of each category (percent, by category name; NaN where it has no ground truth among the
+        images seen): COCOeval's precision at IoU 0.5, all areas, 100 detections, averaged over its 101 recall
+        points. Call after `summarize`."""
+        if iou_type not in self._precision:
+            self.summarize()
+        p = self._precision[iou_type][0, :, :, 0, -1]  # (recall points, categories in sorted-id order)
+        out = {}
+        for k, cid in enumerate(sorted(self.category_ids)):
+            v = p[:, k]
+            out[self.coco_gt.cats[cid]["name"]] = float(100 * v[v > -1].mean()) if (v > -1).any() else float("nan")
+        return out
 
     def write_results(self, path: str | Path) -> Path:
         """The COCO results JSON (a list of records, detectron2's layout: one record per detection with its bbox,
