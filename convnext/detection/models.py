@@ -268,8 +268,8 @@ def create_detector(name: str, num_classes: int = 80, backbone_weights: str | os
 
     `backbone_weights`: classification weights for the backbone (a registry tag such as `convnext_tiny.fb_in1k`,
     or a checkpoint file of any origin `convnext` reads); what is not used and what is new is printed.
-    `overrides`: any key of DEFAULTS (e.g. `drop_path_rate=0.4`, `min_size=640`). `model.settings` records
-    them, so `load_detector` rebuilds the same model from a checkpoint.
+    `overrides`: any key of DEFAULTS (e.g. `drop_path_rate=0.4`, `min_size=640`); a training run stores them in
+    its checkpoints' meta ("settings"), from which `load_detector` rebuilds the same model.
     """
     spec = get_detector_spec(name)
     s = _settings(overrides)
@@ -331,7 +331,6 @@ def detector_on(body: nn.Module, method: str, num_classes: int = 80, **overrides
                                          size_divisible=32, _skip_resize=True)
     model = GeneralizedRCNN(backbone, rpn, roi_heads, transform)
     model.arch, model.num_classes = method, num_classes  # type: ignore[attr-defined]
-    model.settings = {k: v for k, v in overrides.items()}  # type: ignore[attr-defined]
     return model
 
 

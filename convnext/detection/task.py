@@ -26,13 +26,14 @@ from convnext.runtime import Runtime
 
 
 def detector_settings(cfg: Config) -> dict:
-    """create_detector's settings that follow from a run's config (stored in checkpoints by the detector)."""
+    """create_detector's settings for a run's config: what follows from model.* and data.* and the explicit
+    `model.detector` ones. Stored in every checkpoint's meta (with drop path off), for load_detector."""
     m, d = cfg.model, cfg.data
     s = {"drop_path_rate": m.drop_path, "min_size": d.det_test_scale, "max_size": d.det_max_size,
          "grad_checkpointing": m.grad_checkpointing}
     if m.layer_scale is not None:
         s["layer_scale_init_value"] = m.layer_scale
-    return s
+    return {**s, **parse_settings(m.detector)}
 
 
 class Detection(engine.Task):
@@ -44,7 +45,7 @@ class Detection(engine.Task):
 
     def build_model(self, cfg: Config, data, rt: Runtime) -> nn.Module:
         model = create_detector(cfg.model.name, data.num_classes, backbone_weights=cfg.model.init or None,
-                                **detector_settings(cfg), **parse_settings(cfg.model.detector))
+                                **detector_settings(cfg))
         if rt.dist.enabled and rt.device.type == "cuda":  # the cascade's BN heads: SyncBN under DDP, as official
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
@@ -74,7 +75,7 @@ class Detection(engine.Task):
     def meta(self, cfg: Config, data) -> dict:
         return {"arch": cfg.model.name, "num_classes": data.num_classes, "class_names": data.class_names,
                 "category_ids": data.category_ids,
-                "settings": {**detector_settings(cfg), **parse_settings(cfg.model.detector), "drop_path_rate": 0.0}}
+                "settings": {**detector_settings(cfg), "drop_path_rate": 0.0}}
 
     def check_resume(self, meta: dict, data, where: Path) -> None:
         if meta.get("num_classes") != data.num_classes:
