@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from convnext.errors import UserError
 from convnext.model import LN_EPS, ConvNeXt, LayerNorm2d, get_variant
+from convnext.model_v2 import ConvNeXtV2
 from convnext.weights import download_pretrained, find_tag, read_weights
 
 
@@ -52,9 +53,15 @@ class ConvNeXtBackbone(nn.Module):
                             f"ConvNeXt (tiny, small, base, large, xlarge, atto, femto, pico, nano)")
         if not out_indices or any(i not in range(4) for i in out_indices):
             raise UserError(f"out_indices={tuple(out_indices)} must be stage numbers among 0, 1, 2, 3")
-        ls = variant.layer_scale if layer_scale_init_value is None else layer_scale_init_value
-        net = ConvNeXt(in_chans=in_chans, num_classes=0, depths=variant.depths, dims=variant.dims,
-                       drop_path_rate=drop_path_rate, layer_scale_init_value=ls)
+        if variant.family == "v2":  # V2 blocks (GRN, no layer scale); the V2 paper's detection/segmentation use
+            if layer_scale_init_value:
+                raise UserError(f"{arch} has no layer scale (ConvNeXt V2 replaced it by GRN); leave it unset")
+            net = ConvNeXtV2(in_chans=in_chans, num_classes=0, depths=variant.depths, dims=variant.dims,
+                             drop_path_rate=drop_path_rate)
+        else:
+            ls = variant.layer_scale if layer_scale_init_value is None else layer_scale_init_value
+            net = ConvNeXt(in_chans=in_chans, num_classes=0, depths=variant.depths, dims=variant.dims,
+                           drop_path_rate=drop_path_rate, layer_scale_init_value=ls)
         self.arch, self.in_chans = arch, in_chans
         self.depths, self.dims = variant.depths, variant.dims
         self.out_indices = tuple(sorted(out_indices))

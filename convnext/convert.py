@@ -1,5 +1,6 @@
 """Converters: state dicts in the layouts people hold (timm, torchvision, HF transformers, and the official one)
-into ours, which is the official key layout (`downsample_layers.i.j`, `stages.i.j.*`, `norm`, `head`).
+into ours, which is the official key layout (`downsample_layers.i.j`, `stages.i.j.*`, `norm`, `head`), for
+ConvNeXt and ConvNeXt V2 alike (a V2 block has `grn.gamma`/`grn.beta` where V1 has `gamma`).
 
 Pure functions of a state dict, no files (reading and writing them is convnext/checkpoint.py; `convert_file`
 is in convnext/weights.py):
@@ -8,6 +9,10 @@ is in convnext/weights.py):
   has; `describe` says what model a state dict in our layout fits (arch, classes, input channels, layer scale).
 - Converters are key-renaming tables, picked by the keys a state dict has (`detect_format`); a key no rule
   covers is an error, never silently dropped.
+- GRN's gamma and beta are (1, 1, 1, C) in the official and HF files and (C,) in timm's (`mlp.grn.weight/bias`);
+  they are reshaped to the official shape. An FCMAE pre-training checkpoint (the masked autoencoder's encoder,
+  in MinkowskiEngine layout in the official files, with its decoder) is recognised and refused with a pointer
+  to convnext.fcmae: it is not a classifier.
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ from convnext.model import VARIANTS
 # Each rule is (regex on the source key, replacement); the first match wins and a key no rule matches is an
 # error; the rest of the key (`weight`, `bias`) is kept. `_BLOCK` is the official block prefix `stages.<i>.<j>.`.
 _BLOCK = r"stages.\1.\2."
+_HF = r"^(?:convnext\.|convnextv2\.)?"  # HF's prefix of everything but the classifier
 _RULES: dict[str, list[tuple[str, object]]] = {
     "official": [(r"^(.*)$", r"\1")],
     "timm": [
@@ -37,6 +43,8 @@ _RULES: dict[str, list[tuple[str, object]]] = {
         (r"^stages\.(\d+)\.blocks\.(\d+)\.norm\.", _BLOCK + "norm."),
         (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.", _BLOCK + r"pwconv\3."),  # (out,in,1,1) if conv_mlp
         (r"^stages\.(\d+)\.blocks\.(\d+)\.gamma$", _BLOCK + "gamma"),
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.weight$", _BLOCK + "grn.gamma"),  # V2, (C,)
+        (r"^stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.bias$", _BLOCK + "grn.beta"),
         (r"^head\.norm\.", "norm."),
         (r"^head\.fc\.", "head."),
     ],
@@ -52,15 +60,17 @@ _RULES: dict[str, list[tuple[str, object]]] = {
         (r"^classifier\.0\.", "norm."),
         (r"^classifier\.2\.", "head."),
     ],
-    "hf": [
-        (r"^(?:convnext\.)?embeddings\.patch_embeddings\.", "downsample_layers.0.0."),
-        (r"^(?:convnext\.)?embeddings\.layernorm\.", "downsample_layers.0.1."),
-        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.", r"downsample_layers.\1.\2."),
-        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", _BLOCK + "dwconv."),
-        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", _BLOCK + "norm."),
-        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv([12])\.", _BLOCK + r"pwconv\3."),
-        (r"^(?:convnext\.)?encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", _BLOCK + "gamma"),
-        (r"^(?:convnext\.)?layernorm\.", "norm."),  # HF's final LN eps defaults to 1e-12 (official 1e-6)
+    "hf": [  # ConvNext* (prefix `convnext.`) and ConvNextV2* (prefix `convnextv2.`); the bare models have none
+        (_HF + r"embeddings\.patch_embeddings\.", "downsample_layers.0.0."),
+        (_HF + r"embeddings\.layernorm\.", "downsample_layers.0.1."),
+        (_HF + r"encoder\.stages\.(\d+)\.downsampling_layer\.([01])\.", r"downsample_layers.\1.\2."),
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.dwconv\.", _BLOCK + "dwconv."),
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layernorm\.", _BLOCK + "norm."),
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.pwconv([12])\.", _BLOCK + r"pwconv\3."),
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer_scale_parameter$", _BLOCK + "gamma"),
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.grn\.weight$", _BLOCK + "grn.gamma"),  # V2
+        (_HF + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.grn\.bias$", _BLOCK + "grn.beta"),
+        (_HF + r"layernorm\.", "norm."),  # HF's final LN eps defaults to 1e-12 (official 1e-6)
         (r"^classifier\.", "head."),
     ],
 }
@@ -71,7 +81,10 @@ _SIGNATURES = {
     "official": (r"^downsample_layers\.0\.0\.weight$", r"^stem\.weight$"),  # hierarchical / isotropic
     "timm": (r"^stem\.0\.weight$",),
     "torchvision": (r"^features\.0\.0\.weight$",),
-    "hf": (r"^(convnext\.)?embeddings\.patch_embeddings\.weight$",),
+    "hf": (_HF + r"embeddings\.patch_embeddings\.weight$",),
+    # not a classifier (see the module docstring): our FCMAE's and the official one's mask token, the official
+    # MinkowskiEngine encoder's stem
+    "fcmae": (r"^mask_token$", r"^encoder\.downsample_layers\.0\.0\.weight$"),
 }
 
 
@@ -90,21 +103,23 @@ def _unwrap(sd: Mapping) -> dict:
 
 
 def detect_format(sd: Mapping) -> str:
-    """'official' (= ours), 'timm', 'torchvision' or 'hf', from the keys."""
+    """'official' (= ours), 'timm', 'torchvision', 'hf', or 'fcmae' (which no converter takes), from the keys."""
     sd = _unwrap(sd)
-    if any("grn" in k for k in sd):
-        raise UserError("this is a ConvNeXt-V2 checkpoint (it has GRN layers), which a ConvNeXt (V1) model cannot load")
     for fmt, patterns in _SIGNATURES.items():
         if any(re.match(p, k) for p in patterns for k in sd):
             return fmt
     raise UserError(f"unrecognised checkpoint layout (first keys: {', '.join(list(sd)[:4])}); supported layouts: "
-                    "official ConvNeXt (and ours), timm, torchvision, HF transformers")
+                    "official ConvNeXt and ConvNeXt V2 (and ours), timm, torchvision, HF transformers")
 
 
 def convert_state_dict(sd: Mapping, src: str | None = None) -> dict:
     """A state dict in any supported layout -> ours (the official keys and shapes). `src=None` detects it."""
     sd = _unwrap(sd)
     src = detect_format(sd) if src is None else src
+    if src == "fcmae":
+        raise UserError("this is an FCMAE pre-training checkpoint (ConvNeXt V2's masked autoencoder: its encoder, "
+                        "in MinkowskiEngine layout in the official files, and its decoder), not a classifier; "
+                        "load it with convnext.fcmae")
     if src not in _RULES:
         raise UserError(f"unknown checkpoint format {src!r}; known formats: {', '.join(FORMATS)}")
     rules = [(re.compile(pattern), repl) for pattern, repl in _RULES[src]]
@@ -117,9 +132,12 @@ def convert_state_dict(sd: Mapping, src: str | None = None) -> dict:
                 break
         else:
             raise UserError(f"the {src} checkpoint has a key with no ConvNeXt counterpart: {key}")
-        # Linear weights stored as 1x1 convs (timm's conv_mlp variants) and torchvision's (C,1,1) layer scale
+        # Linear weights stored as 1x1 convs (timm's conv_mlp variants), torchvision's (C,1,1) layer scale, and
+        # timm's flat GRN parameters (official and HF: (1, 1, 1, C), which broadcasts over NHWC)
         if new.endswith(("pwconv1.weight", "pwconv2.weight")) and value.ndim == 4:
             value = value.flatten(1)
+        elif new.endswith(("grn.gamma", "grn.beta")):
+            value = value.reshape(1, 1, 1, -1)
         elif new.endswith("gamma") and value.ndim > 1:
             value = value.reshape(-1)
         out[new] = value
@@ -127,8 +145,10 @@ def convert_state_dict(sd: Mapping, src: str | None = None) -> dict:
 
 
 def infer_arch(sd: Mapping) -> str | None:
-    """The variant whose depths and widths a state dict in our layout has, or None."""
+    """The variant whose depths and widths a state dict in our layout has, or None. V1 and V2 share their sizes
+    (e.g. tiny); GRN parameters say which generation it is."""
     sd = _unwrap(sd)
+    family = "v2" if any(k.endswith(".grn.gamma") for k in sd) else "v1"
     if "stem.weight" in sd:  # isotropic
         depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
         shape = ((depth,), (sd["stem.weight"].shape[0],))
@@ -140,7 +160,7 @@ def infer_arch(sd: Mapping) -> str | None:
     else:
         return None
     for name, v in VARIANTS.items():
-        if (v.depths, v.dims) == shape:
+        if (v.depths, v.dims) == shape and v.family == family:
             return name
     return None
 
@@ -152,7 +172,7 @@ class WeightsInfo:
     arch: str | None  # the variant with these depths and widths, None if none has them
     num_classes: int  # rows of the head; 0 without one
     in_chans: int  # input channels of the stem
-    layer_scale: bool  # whether the blocks have a layer-scale gamma
+    layer_scale: bool  # whether the blocks have a (V1) layer-scale gamma
 
 
 def describe(sd: Mapping) -> WeightsInfo:
@@ -162,5 +182,5 @@ def describe(sd: Mapping) -> WeightsInfo:
         arch=infer_arch(sd),
         num_classes=int(sd["head.weight"].shape[0]) if "head.weight" in sd else 0,
         in_chans=int(stem.shape[1]) if stem is not None else 3,
-        layer_scale=any(k.endswith(".gamma") for k in sd),
+        layer_scale=any(k.endswith(".gamma") and not k.endswith(".grn.gamma") for k in sd),  # V1's, not GRN's
     )

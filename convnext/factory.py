@@ -14,6 +14,7 @@ from convnext.convert import describe
 from convnext.errors import UserError
 from convnext.kernels import use_kernels
 from convnext.model import ConvNeXt, ConvNeXtIsotropic, build_model, get_variant
+from convnext.model_v2 import ConvNeXtV2
 from convnext.weights import find_tag, get_pretrained_cfg, load_pretrained, load_state, read_weights
 
 KERNELS = ("torch", "triton")
@@ -29,18 +30,21 @@ def create_model(
     layer_scale_init_value: float | None = None,
     head_init_scale: float = 1.0,
     kernels: str = "torch",
-) -> ConvNeXt | ConvNeXtIsotropic:
-    """Build a ConvNeXt by name, optionally with official weights.
+) -> ConvNeXt | ConvNeXtIsotropic | ConvNeXtV2:
+    """Build a ConvNeXt (V1 or V2) by name, optionally with official weights.
 
     `name` may carry a weights tag (`"convnext_tiny.fb_in22k_ft_in1k_384"`), which implies pretrained.
     `pretrained=True` takes the variant's default tag; a string is a tag (or a local file path).
-    `layer_scale_init_value=None` means the variant's own default (1e-6; 0 for the isotropic S/B).
+    `layer_scale_init_value=None` means the variant's own default (1e-6; 0 for the isotropic S/B and for V2).
     `kernels="triton"` runs every block through the fused Triton kernels (convnext/kernels; same state dict).
     """
     arch, _, tag = name.partition(".")
-    get_variant(arch)  # an unknown name fails before anything is built
+    variant = get_variant(arch)  # an unknown name fails before anything is built
     if kernels not in KERNELS:
         raise UserError(f"unknown kernels {kernels!r}; choose one of {', '.join(KERNELS)}")
+    if kernels == "triton" and variant.family != "v1":
+        raise UserError(f"the fused Triton kernels implement the V1 block (layer scale, no GRN); build {arch} "
+                        f"with kernels='torch'")
     if tag:
         pretrained = pretrained if isinstance(pretrained, str) else f"{arch}.{tag}"
     model = build_model(arch, num_classes=num_classes, in_chans=in_chans, drop_path_rate=drop_path_rate,

@@ -3,8 +3,10 @@ supported file into a model. Reading files is convnext/checkpoint.py; converting
 torchvision, HF transformers) into ours, which is the official one, is convnext/convert.py. A model *from* weights
 (a tag or a file, the architecture read from it) is `convnext.load_model` (convnext/factory.py).
 
-- The registry is data: one row per file of the official README, named `<arch>.<tag>` as in timm
-  (`convnext_tiny.fb_in22k_ft_in1k_384`). Each entry also says how its inputs were preprocessed.
+- The registry is data: one row per file of the official READMEs (ConvNeXt and ConvNeXt V2), named
+  `<arch>.<tag>` as in timm (`convnext_tiny.fb_in22k_ft_in1k_384`, `convnextv2_tiny.fcmae_ft_in1k`). Each entry
+  also says how its inputs were preprocessed, and its `layout`: "official" (a classifier that loads as it is) or
+  "fcmae" (a ConvNeXt V2 FCMAE pre-training file, for convnext.fcmae; loading it into a classifier is refused).
 - Files are looked up in `$CONVNEXT_HOME` (default `~/.cache/convnext`) under their official file name, then in
   torch.hub's checkpoint folder (where the official code and old timm put them); otherwise downloaded once to a
   temp file and renamed into place. Offline (or `CONVNEXT_OFFLINE=1`) the error names the URL and the path.
@@ -32,10 +34,12 @@ from convnext.preprocessing import imagenet
 # ----------------------------------------------------------------------------------------------------------
 
 URL_ROOT = "https://dl.fbaipublicfiles.com/convnext/"
+_V2 = [name for name, v in VARIANTS.items() if v.family == "v2"]  # every V2 size has official weights
 
-# (arch, tag, official file name, num_classes, resolution, top-1 reported by the README; None where it reports
-# none). The 1K files at 224 hold the EMA weights under "model" (hence `_ema`); the `_noema` files are the final
-# raw weights that the detection/segmentation READMEs start from (paper §A.3), with no top-1 published.
+# (arch, tag, official file (its path under URL_ROOT), num_classes, resolution, top-1 reported by the README; None
+# where it reports none[, layout]). The 1K files at 224 hold the EMA weights under "model" (hence `_ema`); the
+# `_noema` files are the final raw weights that the detection/segmentation READMEs start from (paper §A.3), with
+# no top-1 published.
 _CHECKPOINTS = [
     # ImageNet-1K trained
     ("convnext_tiny", "fb_in1k", "convnext_tiny_1k_224_ema.pth", 1000, 224, 82.1),
@@ -70,19 +74,48 @@ _CHECKPOINTS = [
     ("convnext_isotropic_small", "fb_in1k", "convnext_iso_small_1k_224_ema.pth", 1000, 224, 78.7),
     ("convnext_isotropic_base", "fb_in1k", "convnext_iso_base_1k_224_ema.pth", 1000, 224, 82.0),
     ("convnext_isotropic_large", "fb_in1k", "convnext_iso_large_1k_224_ema.pth", 1000, 224, 82.6),
+    # ConvNeXt V2 README. FCMAE pre-trained on ImageNet-1K (no labels, no head): the whole masked autoencoder,
+    # its encoder in MinkowskiEngine layout (convnext.fcmae reads them). Tags as timm's.
+    *[(arch, "fcmae", f"convnextv2/pt_only/{arch}_1k_224_fcmae.pt", 0, 224, None, "fcmae") for arch in _V2],
+    # FCMAE pre-trained, fine-tuned on ImageNet-1K ("ImageNet-1K fine-tuned models"; EMA weights)
+    ("convnextv2_atto", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_atto_1k_224_ema.pt", 1000, 224, 76.7),
+    ("convnextv2_femto", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_femto_1k_224_ema.pt", 1000, 224, 78.5),
+    ("convnextv2_pico", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_pico_1k_224_ema.pt", 1000, 224, 80.3),
+    ("convnextv2_nano", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_nano_1k_224_ema.pt", 1000, 224, 81.9),
+    ("convnextv2_tiny", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_tiny_1k_224_ema.pt", 1000, 224, 83.0),
+    ("convnextv2_base", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_base_1k_224_ema.pt", 1000, 224, 84.9),
+    ("convnextv2_large", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_large_1k_224_ema.pt", 1000, 224, 85.8),
+    ("convnextv2_huge", "fcmae_ft_in1k", "convnextv2/im1k/convnextv2_huge_1k_224_ema.pt", 1000, 224, 86.3),
+    # FCMAE pre-trained, fine-tuned on ImageNet-22K, then on ImageNet-1K ("ImageNet-22K fine-tuned models": 1000-way
+    # heads, ImageNet-1K top-1). Huge was released at 384 and 512 only.
+    ("convnextv2_nano", "fcmae_ft_in22k_in1k", "convnextv2/im22k/convnextv2_nano_22k_224_ema.pt", 1000, 224, 82.1),
+    ("convnextv2_nano", "fcmae_ft_in22k_in1k_384", "convnextv2/im22k/convnextv2_nano_22k_384_ema.pt", 1000, 384, 83.4),
+    ("convnextv2_tiny", "fcmae_ft_in22k_in1k", "convnextv2/im22k/convnextv2_tiny_22k_224_ema.pt", 1000, 224, 83.9),
+    ("convnextv2_tiny", "fcmae_ft_in22k_in1k_384", "convnextv2/im22k/convnextv2_tiny_22k_384_ema.pt", 1000, 384, 85.1),
+    ("convnextv2_base", "fcmae_ft_in22k_in1k", "convnextv2/im22k/convnextv2_base_22k_224_ema.pt", 1000, 224, 86.8),
+    ("convnextv2_base", "fcmae_ft_in22k_in1k_384", "convnextv2/im22k/convnextv2_base_22k_384_ema.pt", 1000, 384, 87.7),
+    ("convnextv2_large", "fcmae_ft_in22k_in1k", "convnextv2/im22k/convnextv2_large_22k_224_ema.pt", 1000, 224, 87.3),
+    ("convnextv2_large", "fcmae_ft_in22k_in1k_384", "convnextv2/im22k/convnextv2_large_22k_384_ema.pt", 1000, 384,
+     88.2),
+    ("convnextv2_huge", "fcmae_ft_in22k_in1k_384", "convnextv2/im22k/convnextv2_huge_22k_384_ema.pt", 1000, 384, 88.7),
+    ("convnextv2_huge", "fcmae_ft_in22k_in1k_512", "convnextv2/im22k/convnextv2_huge_22k_512_ema.pt", 1000, 512, 88.9),
 ]
 
 
-def _entry(arch: str, tag: str, file: str, num_classes: int, res: int, top1: float | None) -> dict:
+def _entry(arch: str, tag: str, file: str, num_classes: int, res: int, top1: float | None,
+           layout: str = "official") -> dict:
     return {
         "tag": f"{arch}.{tag}",
         "arch": arch,
-        "file": file,
+        "file": Path(file).name,  # the name it is cached under
         "url": URL_ROOT + file,
         "num_classes": num_classes,
         "dataset": "imagenet-22k" if num_classes == IMAGENET_22K_CLASSES else "imagenet-1k",
         "top1": top1,
-        "preprocessing": asdict(imagenet(res)),  # the official eval protocol (convnext/preprocessing.py)
+        # the official eval protocol of both repositories (V1 datasets.py, V2 datasets.py): resize to size/0.875 and
+        # centre-crop below 384, resize to size x size (no crop) at 384 and 512 (convnext/preprocessing.py)
+        "preprocessing": asdict(imagenet(res)),
+        "layout": layout,  # "official": a classifier, loads as it is; "fcmae": for convnext.fcmae only
     }
 
 
@@ -98,11 +131,13 @@ DEFAULT_TAGS: dict[str, str] = {
     "convnext_isotropic_small": "fb_in1k",
     "convnext_isotropic_base": "fb_in1k",
     "convnext_isotropic_large": "fb_in1k",
+    # V2: the IN-1K fine-tuned classifier (the FCMAE files have no head; they are for convnext.fcmae)
+    **{arch: "fcmae_ft_in1k" for arch in _V2},
 }
 
 
 def list_pretrained(arch: str | None = None) -> list[str]:
-    """All `<arch>.<tag>` names, or those of one architecture (empty for the small variants: no official weights)."""
+    """All `<arch>.<tag>` names, or those of one architecture (empty for V1's small variants: no official weights)."""
     if arch is not None:
         get_variant(arch)  # unknown name -> UserError
     return [name for name, cfg in PRETRAINED.items() if arch is None or cfg["arch"] == arch]
@@ -211,6 +246,10 @@ def load_pretrained(model: nn.Module, source: str | os.PathLike | None = None, *
     cfg = get_pretrained_cfg(tag) if tag else None
     keep_head = drop_head is True or model.num_classes == 0
     if cfg is not None:
+        if cfg["layout"] == "fcmae":  # before downloading: a pre-training file is no classifier's weights
+            raise UserError(f"{cfg['tag']} is an FCMAE pre-training checkpoint (ConvNeXt V2's masked autoencoder, "
+                            f"its encoder in MinkowskiEngine layout), not a classifier's weights; load it with "
+                            f"convnext.fcmae, or take {cfg['arch']}.{DEFAULT_TAGS[cfg['arch']]} for a classifier")
         if drop_head == "auto":  # fine-tuning: keep the checkpoint's head only if it fits
             keep_head = cfg["num_classes"] != model.num_classes
         # checked before downloading: a 21841-class file will not fit a 1000-class model

@@ -65,6 +65,33 @@ def test_backbone_loads_classification_weights_and_reports_by_name(tmp_path, cap
     torch.testing.assert_close(body.stages[2][3].pwconv1.weight, cls.stages[2][3].pwconv1.weight)
 
 
+def test_v2_backbone_has_grn_blocks_and_loads_v2_weights_only(tmp_path):
+    """A convnextv2_* backbone is built of V2 blocks (the V2 paper's detection/segmentation backbone), takes a
+    V2 classifier's weights with the same features, and refuses a V1 checkpoint by name."""
+    torch.manual_seed(0)
+    cls = create_model("convnextv2_atto", num_classes=5).eval()
+    with torch.no_grad():
+        for m in cls.modules():
+            if hasattr(m, "gamma") and m.gamma is not None and m.gamma.ndim == 4:  # GRN: else it is the identity
+                m.gamma.normal_(0, 0.5)
+                m.beta.normal_(0, 0.5)
+    save({"model": cls.state_dict()}, tmp_path / "v2.pth")
+    body = ConvNeXtBackbone("convnextv2_atto").eval()
+    assert "stages.0.0.grn.gamma" in body.state_dict() and "stages.0.0.gamma" not in body.state_dict()
+    load_backbone_weights(body, tmp_path / "v2.pth", verbose=False)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        ours, (_, stages) = body(x), cls.forward_intermediates(x)
+    for i, s in enumerate(stages):
+        want = F.layer_norm(s.permute(0, 2, 3, 1), (s.shape[1],), eps=1e-6).permute(0, 3, 1, 2)
+        torch.testing.assert_close(ours[str(i)], want, atol=1e-5, rtol=1e-5)
+    save({"model": create_model("convnext_atto").state_dict()}, tmp_path / "v1.pth")
+    with pytest.raises(UserError, match="weights are missing.*grn"):
+        load_backbone_weights(ConvNeXtBackbone("convnextv2_atto"), tmp_path / "v1.pth", verbose=False)
+    with pytest.raises(UserError, match="no layer scale"):
+        ConvNeXtBackbone("convnextv2_atto", layer_scale_init_value=1.0)
+
+
 def test_backbone_loads_timm_weights_with_timm_features(tmp_path):
     """A timm checkpoint (another layout) through our converter: the stage outputs equal timm's."""
     torch.manual_seed(0)

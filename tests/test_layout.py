@@ -18,6 +18,7 @@ LOCAL_IMPORTS = {
     "onnx": "optional (the export extra)",
     "onnxruntime": "optional (the export extra)",
     "timm": "~0.4 s to import; only a benchmark comparison needs the peer model",
+    "torchvision": "~0.5 s to import; only a benchmark comparison with a torchvision peer needs it",
     "timm.data": "~0.4 s to import; only the ImageNet-22K class names need it outside training",
     "convnext.kernels.dwconv_ln_triton": "imports triton, an optional dependency, at import time",
     "convnext.kernels.mlp_triton": "imports triton, an optional dependency, at import time",
@@ -94,7 +95,10 @@ def test_no_import_circle():
 
 
 def test_the_model_imports_nothing_above_it():
-    assert graph()["convnext.model"] <= {"convnext.dwconv", "convnext.errors"}
+    # layers.py (what V1 and V2 share) sits below both models; model.py's variant table builds V2's model too
+    assert graph()["convnext.layers"] <= {"convnext.errors"}
+    assert graph()["convnext.model_v2"] <= {"convnext.dwconv", "convnext.layers"}
+    assert graph()["convnext.model"] <= {"convnext.dwconv", "convnext.errors", "convnext.layers", "convnext.model_v2"}
     for low in ("convnext.checkpoint", "convnext.convert"):  # file I/O and the pure converters
         assert not graph()[low] & {"convnext.weights", "convnext.factory", "convnext.engine", "convnext.train"}
 
