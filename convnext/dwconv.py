@@ -2,7 +2,8 @@
 
 An nn.Conv2d (same parameters, same state-dict keys) whose forward crops the kernel to the taps that can reach
 the map, and whose CPU backward, where the kernel covers the whole map, is two forward convs. Same function as
-the padded 7x7 conv (tested in float64); at 224 px every map is >= 7x7 and nothing changes.
+the padded 7x7 conv (tested in float64); at 224 px every map is >= 7x7 and nothing changes. Under tracers with
+symbolic sizes (torch.fx, torch.export with a dynamic H/W) it is the plain padded conv.
 """
 from __future__ import annotations
 
@@ -24,6 +25,11 @@ class DepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kh, kw = self.kernel_size
         h, w = x.shape[-2:]
+        if not (isinstance(h, int) and isinstance(w, int)) or torch.jit.is_tracing():
+            # Traced with symbolic sizes (torch.fx proxies; torch.export / ONNX with a dynamic H, W) or by
+            # torch.jit.trace (which would freeze the branch taken): the crop is only a speed-up of the same
+            # function, so the padded conv keeps the graph valid at every size.
+            return super().forward(x)
         ch, cw = min(kh, 2 * h - 1), min(kw, 2 * w - 1)
         covers = (ch, cw) == (2 * h - 1, 2 * w - 1)  # every output sees the whole map
         if (ch, cw) == (kh, kw) and not (covers and _use_small_map_backward(x)):
@@ -41,7 +47,7 @@ class DepthwiseConv2d(nn.Conv2d):
 
 def _use_small_map_backward(x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and not torch.compiler.is_compiling())
 
 
 class _SmallMapDepthwiseConv(torch.autograd.Function):

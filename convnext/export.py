@@ -9,7 +9,10 @@ What is not obvious:
   block, final) is one node instead of the ReduceMean/Sub/Pow/Sqrt/Div chain that loses precision and that
   TensorRT parses badly. The tests count those nodes.
 - The batch dimension is dynamic in all three formats (traced at batch 2, checked at batches 1 and 3);
-  the image size is fixed at the weights' resolution (or --img-size), as the weights were trained for it.
+  the image size is fixed at the weights' resolution (or --img-size), as the weights were trained for it,
+  unless `dynamic_size` (`--dynamic-size`): then height and width are each any multiple of the network's stride
+  from 2 strides (64 px) to 2048 px, checked at the traced size and at the smallest, non-square. Not from one
+  stride: torch.export (ours and timm's ConvNeXt alike) guards on the last map being more than 1 x 1.
 - By default the model is folded first (convnext/fold.py); the check always compares against the
   *unfolded* PyTorch model in fp32, so it covers the folding too. Tolerance: max |difference| <= 1e-4.
 - Each file carries the preprocessing and class names as JSON under the key "convnext": ONNX
@@ -46,15 +49,34 @@ def require_onnx() -> None:
         raise UserError(f"ONNX export needs {', '.join(missing)}; install them with pip install 'convnext[export]'")
 
 
-def _batch_dim() -> dict:
-    return {0: torch.export.Dim("batch", min=1, max=65536)}
+MAX_SIDE = 2048  # the largest side of a dynamic-size export
+
+
+def _dims(dynamic_size: bool, stride: int) -> tuple[dict]:
+    """torch.export's dynamic_shapes for the one input: the batch, and with `dynamic_size` H and W as multiples
+    of the stride (a size the network does not divide would be cropped silently by its convs)."""
+    dims = {0: torch.export.Dim("batch", min=1, max=65536)}
+    if dynamic_size:
+        dims[2] = stride * torch.export.Dim("h_strides", min=2, max=MAX_SIDE // stride)
+        dims[3] = stride * torch.export.Dim("w_strides", min=2, max=MAX_SIDE // stride)
+    return (dims,)
+
+
+def check_sizes(img_size: int, dynamic_size: bool, stride: int) -> list[tuple[int, int]]:
+    """The (H, W) sizes `check` runs an export at: its own size, and for a dynamic size also the smallest (2 x 3
+    strides: non-square, so a transposed H/W would show)."""
+    return [(img_size, img_size)] + ([(2 * stride, 3 * stride)] if dynamic_size else [])
 
 
 def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, img_size: int, in_chans: int = 3,
-                 metadata: dict | None = None) -> Path:
-    """Write `model` (eval mode, on the CPU) to `out` in format `fmt`; returns the path."""
+                 metadata: dict | None = None, dynamic_size: bool = False, stride: int = 32) -> Path:
+    """Write `model` (eval mode, on the CPU) to `out` in format `fmt`; returns the path. `dynamic_size`: any H, W
+    that are multiples of `stride` (the network's total stride) from 2 strides to MAX_SIDE, not only `img_size`."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if dynamic_size and (img_size % stride or not 2 * stride <= img_size <= MAX_SIDE):
+        raise UserError(f"a dynamic-size export is traced at a multiple of {stride} from {2 * stride} to {MAX_SIDE} "
+                        f"px; {img_size} is not one")
     out = Path(out)
     if fmt == "exported" and out.suffix != ".pt2":
         raise UserError(f"{out}: a torch.export file must end in .pt2 (torch.export.load refuses other names)")
@@ -66,7 +88,7 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, img_size: i
         if fmt == "onnx":
             program = torch.onnx.export(
                 model, (x,), None, dynamo=True, opset_version=ONNX_OPSET, input_names=["image"],
-                output_names=["logits"], dynamic_shapes=(_batch_dim(),), verbose=False,
+                output_names=["logits"], dynamic_shapes=_dims(dynamic_size, stride), verbose=False,
             )
             program.model.metadata_props[META_KEY] = meta
             # one self-contained file: even XL with a 22K head (1.6 GB) is under protobuf's 2 GB limit
@@ -77,7 +99,7 @@ def export_model(model: nn.Module, fmt: str, out: str | os.PathLike, img_size: i
                 traced = torch.jit.trace(model, x, check_trace=False)  # check() below does the checking
                 torch.jit.save(traced, str(out), _extra_files={f"{META_KEY}.json": meta})
         else:
-            program = torch.export.export(model, (x,), dynamic_shapes=(_batch_dim(),))
+            program = torch.export.export(model, (x,), dynamic_shapes=_dims(dynamic_size, stride))
             torch.export.save(program, str(out), extra_files={f"{META_KEY}.json": meta})
     return out
 
@@ -101,16 +123,19 @@ def load_exported(fmt: str, path: str | os.PathLike):
     raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
 
 
-def check(reference: nn.Module, fmt: str, path: str | os.PathLike, img_size: int, in_chans: int = 3,
-          batches=CHECK_BATCHES, seed: int = 0) -> float:
-    """Max |exported - reference| over random inputs at each batch size in `batches` (fp32, CPU)."""
+def check(reference: nn.Module, fmt: str, path: str | os.PathLike, img_size: int | tuple[int, int] | list,
+          in_chans: int = 3, batches=CHECK_BATCHES, seed: int = 0) -> float:
+    """Max |exported - reference| over random inputs at each batch size in `batches` and each size in `img_size`
+    (a side, an (H, W), or a list of (H, W): `check_sizes`), fp32, CPU."""
     run = load_exported(fmt, path)
     reference = reference.eval().cpu()
     g = torch.Generator().manual_seed(seed)
+    sizes = [(img_size, img_size)] if isinstance(img_size, int) else [img_size] if isinstance(img_size, tuple) \
+        else list(img_size)
     worst = 0.0
     with torch.no_grad():
-        for n in batches:
-            x = torch.randn(n, in_chans, img_size, img_size, generator=g)  # what normalised images look like
+        for n, (h, w) in ((n, hw) for hw in sizes for n in batches):
+            x = torch.randn(n, in_chans, h, w, generator=g)  # what normalised images look like
             got, want = run(x), reference(x)
             if got.shape != want.shape:
                 raise UserError(f"the exported model returned shape {tuple(got.shape)} for a batch of {n}, "

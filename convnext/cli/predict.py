@@ -13,7 +13,7 @@ from convnext.predict import Classifier
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (searched recursively), globs")
     common.add_weights(p)
-    p.add_argument("--no-fold", action="store_true", help="do not fold layer scale and LN affine (convnext/fold.py)")
+    p.add_argument("--no-fold", action="store_true", help="do not fold (LN affine, layer scale, GRN beta: convnext/fold.py)")
     common.add_device(p)
     p.add_argument("--topk", type=int, default=5, help="how many classes to print per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
