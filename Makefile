@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo demo-detection test bench clean
+.PHONY: setup demo demo-detection demo-segmentation test bench clean
 
 setup: $(VENV)/.installed $(FMNIST)
 
@@ -32,6 +32,12 @@ demo-detection: setup
 	test -f runs/demo/best_ema.pt || $(BIN)/convnext train --config demo --out runs/demo
 	test -f data/scenes/annotations/instances_val2017.json || $(BIN)/convnext data scenes --out data/scenes
 	$(BIN)/convnext train --config scenes --data data/scenes --out runs/scenes
+
+# the offline segmentation demo (RESULTS.md): UperNet on the same scenes' per-pixel labels (data/scenes/ade)
+demo-segmentation: setup
+	test -f runs/demo/best_ema.pt || $(BIN)/convnext train --config demo --out runs/demo
+	test -f data/scenes/ade/classes.txt || $(BIN)/convnext data scenes --out data/scenes
+	$(BIN)/convnext train --config scenes_seg --data data/scenes/ade --out runs/scenes_seg
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

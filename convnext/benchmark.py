@@ -5,6 +5,8 @@ provenance record. `convnext info`, `convnext bench` and every script in benchma
   even ConvNeXt-XL at 384 costs no memory. The paper's "FLOPs" are these multiply-adds of convs and linears.
 - `Runner` prepares one model for a `Setting` (device, precision, batch, size, memory format, compile mode,
   inference or a training step); `Runner.time` is the timed loop (synchronised on a GPU).
+- `make_peer` builds what ours is compared with: timm's model of the same name, or torchvision's Swin-T, ResNet-50
+  or ViT-B/16 (the paper's reference networks).
 - `alternate` times several contenders run by run, rotating who goes first, so that a noisy, shared machine
   slows all alike; `ratio` is the median of the per-run ratios of two of them.
 - `StepTimer` is the engine's per-step callback (convnext.engine.train(on_step=...)): img/s of a real run.
@@ -225,11 +227,23 @@ class StepTimer:
 # ------------------------------------------------------------------------------------------------- peers
 
 
-PEERS = ("timm",)
+# The peers a ConvNeXt is timed against: "timm", timm's model of the same name; or one of the paper's reference
+# networks from torchvision (Table 1: Swin-T; Table 2: ViT-B/16; Table 10's start: ResNet-50), whatever ours is.
+TORCHVISION_PEERS = ("swin_t", "resnet50", "vit_b_16")
+PEERS = ("timm", *TORCHVISION_PEERS)
 
 
-def make_peer(peer: str, name: str, **kwargs) -> nn.Module:
-    """timm's model of the same name (random weights: speed does not depend on the values)."""
+def make_peer(peer: str, name: str, img_size: int = 224, **kwargs) -> nn.Module:
+    """The peer model (random weights: speed does not depend on the values): timm's model of the same name as ours,
+    or a torchvision network (ViT-B/16 built for `img_size`, its position embedding depending on it)."""
+    if peer in TORCHVISION_PEERS:
+        from torchvision import models  # heavy (~0.5 s); only a comparison with a torchvision peer needs it
+
+        if peer == "vit_b_16":
+            if img_size % 16:
+                raise UserError(f"vit_b_16 takes images whose size is a multiple of 16, not {img_size}")
+            kwargs["image_size"] = img_size
+        return models.get_model(peer, weights=None, **kwargs)
     if peer != "timm":
         raise UserError(f"unknown peer {peer!r}; supported: {', '.join(PEERS)}")
     import timm  # heavy (~0.4 s); only a comparison needs it

@@ -30,6 +30,15 @@ class ModelConfig:
     # detectors only: settings of convnext.detection.create_detector beyond the official defaults, as
     # "name=value" strings (e.g. model.detector=box_batch_size_per_image=128,fpn_channels=128 on the command line)
     detector: tuple[str, ...] = ()
+    # segmenters only: settings of convnext.segmentation.create_segmenter beyond the official defaults, as
+    # "name=value" strings (e.g. model.segmenter=channels=64,aux_channels=32)
+    segmenter: tuple[str, ...] = ()
+    # FCMAE pre-training only (task=fcmae, convnext/fcmae.py): the official main_pretrain.py defaults, which
+    # TRAINING.md's pre-training commands keep. `name` is then the encoder (convnextv2_*).
+    mask_ratio: float = 0.6  # fraction of the 32 px patches removed from each image (int(L * 0.4) kept)
+    decoder_dim: int = 512  # --decoder_embed_dim
+    decoder_depth: int = 1  # ConvNeXt V2 blocks in the decoder
+    norm_pix_loss: bool = True  # targets: each patch's pixels normalised to zero mean and unit variance
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,22 @@ class DataConfig:
     det_test_scale: int = 800
     train_split: str = "train2017"
     eval_split: str = "val2017"
+    # Segmentation (dataset=ade20k: root/images/<split>/ + root/annotations/<split>/, splits training / validation;
+    # configs/ade20k.py). mmseg's configs/_base_/datasets/ade20k.py, which the official UperNet configs use
+    # (ade20k_640x640.py for the 22K models): resize to seg_scale x a ratio in seg_ratio_range keeping the aspect,
+    # random crop seg_crop_size with cat_max_ratio, flip (hflip), photometric distortion, pad (labels with 255).
+    # Test: resize to seg_scale, sliding windows of seg_crop_size at seg_stride (the _ss configs) or the whole image.
+    seg_num_classes: int = 150  # ADE20K's 150 classes
+    seg_reduce_zero_label: bool = True  # ADE20K's label 0 ("other") is ignored, 1..150 become 0..149
+    seg_scale: tuple[int, int] = (2048, 512)  # img_scale (long, short); the 22K models' (2560, 640)
+    seg_ratio_range: tuple[float, float] = (0.5, 2.0)
+    seg_crop_size: int = 512  # crop_size (512, 512); the 22K models' 640
+    seg_cat_max_ratio: float = 0.75  # RandomCrop: re-draw a crop where one class covers >= 75% (up to 10 times)
+    seg_photometric: bool = True  # PhotoMetricDistortion
+    seg_test_mode: str = "slide"  # slide (the _ss configs' test_cfg) | whole (the _ms configs)
+    seg_stride: int = 341  # slide stride (341, 341); the 22K models' 426
+    seg_test_ratios: tuple[float, ...] = (1.0,)  # multi-scale test: (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) (--aug-test)
+    seg_test_flip: bool = False  # multi-scale test: also the mirrored image
 
 
 @dataclass(frozen=True)
@@ -79,7 +104,8 @@ class OptimConfig:
     warmup_epochs: float = 20.0
     layer_decay: float = 1.0  # Table 6: 0.7 (1K->384), 0.8 (22K->1K); 1.0 = off
     # which parameters form a "layer" (convnext/optim.py): classification (Table 6; 12 groups + head) |
-    # layer_wise (the official detection rule) | stage_wise (the official segmentation rule)
+    # layer_wise (the official detection rule) | stage_wise (the official segmentation rule) |
+    # v2_single / v2_group (ConvNeXt V2 fine-tuning, TRAINING.md's --layer_decay_type 'single' / 'group')
     layer_decay_rule: str = "classification"
     layer_decay_layers: int = 12  # num_layers of the official dense configs: 6 for T, 12 for S/B/L/XL
     clip_grad: float = 0.0  # max global grad norm; 0 = off (Table 5: none). Applied in every precision
@@ -112,12 +138,12 @@ class TrainConfig:
     max_steps: int = 0  # stop after this many optimizer steps (0 = the whole schedule); for tests and smoke runs
 
 
-TASKS = ("classification", "detection")  # what convnext/tasks.py trains
+TASKS = ("classification", "detection", "segmentation", "fcmae")  # what convnext/tasks.py trains
 
 
 @dataclass(frozen=True)
 class Config:
-    task: str = "classification"  # one of TASKS; set by the config file (configs/coco.py: detection)
+    task: str = "classification"  # one of TASKS; set by the config file (configs/coco.py: detection, ade20k.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)

@@ -91,6 +91,10 @@ class Task(abc.ABC):
     def check_resume(self, meta: dict, data, where: Path) -> None:
         """A UserError if a checkpoint with `meta` cannot continue on `data`."""
 
+    def write_artifacts(self, model: nn.Module, data, rt: Runtime, out: Path) -> None:
+        """The task's own files, written into the run directory `out` on the main process after each full
+        evaluation (FCMAE: a picture of reconstructions, the encoder's weights); none by default."""
+
 
 @dataclass
 class Run:
@@ -304,6 +308,8 @@ def end_period(run: Run, log: PeriodLog) -> None:
                 save_checkpoint(run, "best_ema.pt" if ema else "best.pt", ema_weights=ema)
         save_checkpoint(run, "last.pt")
         write_text("".join(json.dumps(h) + "\n" for h in run.history), run.out / "metrics.jsonl")
+        if due == "full":
+            run.task.write_artifacts(run.model, run.data, run.rt, run.out)
     distributed.barrier(run.rt.dist)
 
 

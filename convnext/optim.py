@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -66,16 +66,18 @@ def dense_layer_id(name: str, num_layers: int, kind: str = "layer_wise") -> int:
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0,
-                 layer_of: Callable[[str], int] | None = None, top: int = NUM_LAYER_GROUPS + 1) -> list[dict]:
+                 layer_of: Callable[[str], int] | None = None, top: int = NUM_LAYER_GROUPS + 1,
+                 no_decay_suffixes: tuple[str, ...] = ()) -> list[dict]:
     """AdamW groups: weight decay only on >= 2-D weights (not on norms, biases or the layer scale gamma, as the
     official code); each group carries `lr_scale` = layer_decay ** (top - layer id) (1.0 everywhere when decay is
-    1). `layer_of(name)` gives the layer id: the classification rule (`layer_id`) unless given."""
+    1). `layer_of(name)` gives the layer id: the classification rule (`layer_id`) unless given.
+    `no_decay_suffixes`: names ending so get no weight decay whatever their shape (ConvNeXt V2's GRN gamma/beta)."""
     layer_of = layer_of or (lambda name: layer_id(name, model))
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        no_decay = p.ndim <= 1 or name.endswith(".bias")
+        no_decay = p.ndim <= 1 or name.endswith(".bias") or name.endswith(no_decay_suffixes)
         lid = layer_of(name) if layer_decay != 1.0 else top
         key = (lid, no_decay)
         if key not in groups:
@@ -88,17 +90,62 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     return list(groups.values())
 
 
-LAYER_DECAY_RULES = ("classification", "layer_wise", "stage_wise")
+def v2_layer_id(name: str, depths: Sequence[int], kind: str) -> int:
+    """Layer id of a parameter of a ConvNeXt V2 classifier by the official V2 fine-tuning rules
+    (ConvNeXt-V2 `optim_factory.py`, `--layer_decay_type`); scale = decay ** (top - id), `v2_top` gives top.
+
+    `v2_single` (official 'single'; TRAINING.md: atto, tiny): every block its own layer; downsample i ->
+    sum(depths[:i]) + 1, block j of stage i -> sum(depths[:i]) + j + 1 (downsample i shares its id with the first
+    block of stage i, and no parameter gets 0), norm/head -> sum(depths) + 1. `v2_group` (official 'group';
+    TRAINING.md: base; "Base and Large" in main_finetune.py): the 12-group rule of ConvNeXt V1 *without* our
+    depth scaling: stem 0, stage 0 -> 1, downsample 1 + stage 1 -> 2, downsample 2 -> 3, block k of stage 2 ->
+    3 + k // 3, downsample 3 + stage 3 -> 12, norm/head -> 13 (on a stage 2 of 9 blocks the ids stop at 5: the
+    official rule, kept as is).
+    """
+    parts = name.split(".")
+    if kind == "v2_single":
+        if parts[0] == "downsample_layers":
+            return sum(depths[: int(parts[1])]) + 1
+        if parts[0] == "stages":
+            return sum(depths[: int(parts[1])]) + int(parts[2]) + 1
+        return sum(depths) + 1
+    if kind != "v2_group":
+        raise ValueError(f"unknown V2 layer decay type {kind!r}")
+    if parts[0] == "downsample_layers":
+        return {0: 0, 1: 2, 2: 3, 3: NUM_LAYER_GROUPS}[int(parts[1])]
+    if parts[0] == "stages":
+        s = int(parts[1])
+        return 3 + int(parts[2]) // 3 if s == 2 else {0: 1, 1: 2, 3: NUM_LAYER_GROUPS}[s]
+    return NUM_LAYER_GROUPS + 1
+
+
+def v2_top(depths: Sequence[int], kind: str) -> int:
+    """The top layer id of `v2_layer_id` (the head's): main_finetune.py's num_layers + 1."""
+    return sum(depths) + 1 if kind == "v2_single" else NUM_LAYER_GROUPS + 1
+
+
+# ConvNeXt V2 fine-tuning: GRN's gamma and beta ((1, 1, 1, C), so >= 2-D) get no weight decay (official commit
+# 2553895, "Fix gamma/beta wd update rule", optim_factory.get_parameter_groups)
+V2_NO_DECAY = (".gamma", ".beta")
+
+# classification: V1 Table 6 (`layer_id`); layer_wise / stage_wise: the V1 dense-prediction rules
+# (`dense_layer_id`); v2_single / v2_group: the ConvNeXt V2 fine-tuning rules (`v2_layer_id`)
+LAYER_DECAY_RULES = ("classification", "layer_wise", "stage_wise", "v2_single", "v2_group")
 
 
 def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.AdamW:
     """AdamW over `param_groups`, with the layer-decay rule `cfg.layer_decay_rule` names: the classification rule
-    (`layer_id`), or the dense-prediction rules (`dense_layer_id`, over `cfg.layer_decay_layers` layers)."""
+    (`layer_id`), the dense-prediction rules (`dense_layer_id`, over `cfg.layer_decay_layers` layers), or the
+    ConvNeXt V2 fine-tuning rules (`v2_layer_id`, GRN gamma/beta without weight decay)."""
     rule = cfg.layer_decay_rule
     if rule not in LAYER_DECAY_RULES:
         raise UserError(f"optim.layer_decay_rule={rule!r} is not one of {', '.join(LAYER_DECAY_RULES)}")
     if rule == "classification":
         groups = param_groups(model, cfg.weight_decay, cfg.layer_decay)
+    elif rule in ("v2_single", "v2_group"):
+        depths = [len(stage) for stage in model.stages]
+        groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, lambda name: v2_layer_id(name, depths, rule),
+                              v2_top(depths, rule), no_decay_suffixes=V2_NO_DECAY)
     else:
         n = cfg.layer_decay_layers
         groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, lambda name: dense_layer_id(name, n, rule), n + 1)

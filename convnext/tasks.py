@@ -12,12 +12,15 @@ from convnext import engine
 from convnext.config import TASKS, Config
 from convnext.detection.task import Detection
 from convnext.errors import UserError
+from convnext.fcmae_task import FCMAEPretraining
+from convnext.segmentation.task import Segmentation
 from convnext.train import Classification
 
 
 def get_task(name: str) -> engine.Task:
     """A new task object for `name` (one of convnext.config.TASKS)."""
-    tasks = {"classification": Classification, "detection": Detection}
+    tasks = {"classification": Classification, "detection": Detection, "segmentation": Segmentation,
+             "fcmae": FCMAEPretraining}
     assert set(tasks) == set(TASKS)
     if name not in tasks:
         raise UserError(f"unknown task {name!r}; the tasks are {', '.join(TASKS)}")

@@ -151,6 +151,13 @@ def test_detector_names_and_settings():
         {"fpn_channels": 64, "box_score_thresh": 0.1, "x": "y"}
     with pytest.raises(UserError, match="name=value"):
         parse_settings(["fpn_channels"])
+    # the box heads' FC width (1024 in the configs; the scenes demo's 256) reaches every box head
+    mrcnn = create_detector("mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32, box_fc_channels=64)
+    assert mrcnn.roi_heads.box_head.fc6.out_features == mrcnn.roi_heads.box_head.fc7.out_features == 64
+    assert mrcnn.roi_heads.box_predictor.cls_score.in_features == 64
+    cascade = create_detector("cascade_mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32, box_fc_channels=64)
+    assert [h.shared_fcs[0].out_features for h in cascade.roi_heads.box_heads] == [64, 64, 64]
+    assert [h.fc_cls.in_features for h in cascade.roi_heads.box_heads] == [64, 64, 64]
 
 
 def _scene(h=96, w=128):

@@ -91,7 +91,13 @@ def test_detect_and_eval_commands(run, scenes, tmp_path, capsys):
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert set(metrics) >= {"box_AP", "box_AP50", "mask_AP", "mask_ARl"} and len(metrics["per_class_AP50"]["bbox"]) == 10
     assert isinstance(json.loads((tmp_path / "r.json").read_text()), list)
-    assert "AP50" in capsys.readouterr().out  # the table
+    printed = capsys.readouterr().out
+    assert "AP50" in printed and "short side 96" in printed  # the table, at the checkpoint's test scale
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])  # the run's own final evaluation
+    assert metrics["box_AP"] == pytest.approx(last["box_AP"], abs=1e-6)  # the same images, scale and numbers
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
+                 "--img-size", "64"]) == 0
+    assert "short side 64" in capsys.readouterr().out
 
 
 def test_bad_input_is_one_sentence(scenes, tmp_path):

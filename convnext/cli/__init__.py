@@ -17,12 +17,13 @@ COMMANDS = {
     "info": "parameters, GMACs and per-stage output shapes of a model",
     "bench": "inference/training throughput, optionally against timm in the same process",
     "train": "train or fine-tune with the paper's recipe (torchrun for many processes)",
-    "eval": "top-1/top-5 of a classifier (official protocol), or COCO box/mask AP of a detector",
+    "eval": "top-1/top-5 of a classifier (official protocol), COCO box/mask AP of a detector, or mIoU of a segmenter",
     "predict": "classify image files",
     "export": "export to ONNX, TorchScript or torch.export",
     "roadmap": "the ResNet -> ConvNeXt modernization roadmap: table, chart, training",
     "detect": "detect and segment objects with a trained detector, drawing them onto the images",
-    "data": "make data sets: `data scenes`, the offline detection set",
+    "segment": "label every pixel with a trained segmenter: colour overlays and label maps",
+    "data": "make data sets: `data scenes`, the offline detection and segmentation set",
 }
 
 

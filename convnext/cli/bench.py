@@ -1,12 +1,13 @@
-"""`convnext bench NAME`: inference or training-step throughput, optionally against timm's model of the same name
-timed in the same process, alternating run by run (convnext/benchmark.py)."""
+"""`convnext bench NAME`: inference or training-step throughput, optionally against a peer timed in the same process,
+alternating run by run (convnext/benchmark.py): timm's model of the same name, or torchvision's Swin-T, ResNet-50 or
+ViT-B/16 (random weights), with the ratio ours / peer."""
 from __future__ import annotations
 
 import argparse
 
 import torch
 
-from convnext.benchmark import PEERS, Setting, compare, make_peer, num_threads
+from convnext.benchmark import PEERS, Setting, compare, count_params, make_peer, num_threads
 from convnext.cli import common
 from convnext.errors import UserError
 from convnext.factory import create_model
@@ -24,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
     p.add_argument("--compile", choices=["none", "default", "max-autotune"], default="none")
     p.add_argument("--train", action="store_true", help="time forward + backward + AdamW step")
-    p.add_argument("--compare", choices=PEERS, help="time timm's model of the same name, alternating")
+    p.add_argument("--compare", choices=PEERS, help="time a peer, alternating: timm's model of the same name, or "
+                   "torchvision's swin_t, resnet50 or vit_b_16")
     p.add_argument("--fold", action="store_true", help="time the inference-folded model (fold_for_inference)")
     p.add_argument("--runs", type=int, default=7, help="timed runs (the median is reported)")
     p.add_argument("--iters", type=int, default=3, help="batches per timed run")
@@ -44,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
         model = create_model(args.model, num_classes=args.num_classes)
         models = {"ours": fold_for_inference(model) if args.fold else model}
         if args.compare:
-            models[args.compare] = make_peer(args.compare, args.model, num_classes=args.num_classes)
+            models[args.compare] = make_peer(args.compare, args.model, img_size=args.img_size,
+                                             num_classes=args.num_classes)
         print(s.describe(), flush=True)
 
         def progress(i, n, got):
@@ -60,5 +63,8 @@ def run(args: argparse.Namespace) -> int:
     print(line)
     if r["peak_mb"]["ours"] is not None:
         print("  peak memory: " + ", ".join(f"{k} {v:.0f} MiB" for k, v in r["peak_mb"].items()))
-    common.write_json(args.json, {"model": args.model, "fold": args.fold, **r})
+    # what each contender is, so that a ratio says what it compares (a peer's class, e.g. torchvision's SwinTransformer)
+    what = {k: {"class": f"{type(m).__module__}.{type(m).__name__}", "params": count_params(m)}
+            for k, m in models.items()}
+    common.write_json(args.json, {"model": args.model, "fold": args.fold, "models": what, **r})
     return 0

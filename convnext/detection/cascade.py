@@ -274,7 +274,7 @@ class CascadeRoIHeads(nn.Module):
                  batch_size_per_image: int = 512, positive_fraction: float = 0.25, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, giou_weight: float = 10.0,
                  with_mask: bool = True, box_roi_pool: nn.Module | None = None,
-                 mask_roi_pool: nn.Module | None = None):
+                 mask_roi_pool: nn.Module | None = None, fc_channels: int = FC_CHANNELS):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes counts object classes without background and must be >= 1, "
@@ -295,7 +295,8 @@ class CascadeRoIHeads(nn.Module):
             box_roi_pool = MultiScaleRoIAlign(names, BOX_ROI_SIZE, sampling_ratio=0)
         self.box_roi_pool = box_roi_pool
         check_pool_size(self.box_roi_pool, BOX_ROI_SIZE, "box_roi_pool")
-        self.box_heads = nn.ModuleList(ConvFCBoxHead(num_classes, out_channels, out_channels) for _ in stage_iou)
+        self.box_heads = nn.ModuleList(ConvFCBoxHead(num_classes, out_channels, out_channels, fc_channels)
+                                       for _ in stage_iou)
         self.mask_roi_pool = self.mask_heads = None
         if with_mask:
             if mask_roi_pool is None:

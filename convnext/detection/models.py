@@ -238,6 +238,7 @@ DEFAULTS = dict(
     rpn_post_nms_top_n_train=None, rpn_post_nms_top_n_test=1000,  # None: 1000 (Mask R-CNN), 2000 (Cascade)
     rpn_nms_thresh=0.7, rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
     box_batch_size_per_image=512, box_positive_fraction=0.25,
+    box_fc_channels=1024,  # the box heads' FC width (mmdet fc_out_channels: 2 FCs in Mask R-CNN, 1 per cascade stage)
     box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
     grad_checkpointing=False,
 )
@@ -318,10 +319,12 @@ def detector_on(body: nn.Module, method: str, num_classes: int = 80, **overrides
     if cascade:
         roi_heads = CascadeRoIHeads(num_classes, out_channels=c, box_roi_pool=box_pool, mask_roi_pool=mask_pool,
                                     batch_size_per_image=s["box_batch_size_per_image"],
-                                    positive_fraction=s["box_positive_fraction"], **test)
+                                    positive_fraction=s["box_positive_fraction"], fc_channels=s["box_fc_channels"],
+                                    **test)
     else:
         roi_heads = MaskRCNNRoIHeads(
-            box_pool, TwoMLPHead(c * 7 * 7, 1024), FastRCNNPredictor(1024, num_classes + 1),
+            box_pool, TwoMLPHead(c * 7 * 7, s["box_fc_channels"]),
+            FastRCNNPredictor(s["box_fc_channels"], num_classes + 1),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=s["box_batch_size_per_image"],
             positive_fraction=s["box_positive_fraction"], bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), **test,
             mask_roi_pool=mask_pool, mask_head=MaskRCNNHeads(c, [c] * 4, 1),  # the config: 256 = FPN width

@@ -15,11 +15,16 @@ What is not obvious:
 - Train and val share nothing: train backgrounds come from TRAIN_PHOTOS and items from Fashion-MNIST's train
   split; val from VAL_PHOTOS and the test split.
 - Deterministic given `seed`: image i of a split draws from numpy's generator seeded by (seed, split, i).
+- The same scenes are also written in ADE20K's layout for semantic segmentation (convnext/segmentation/data.py):
+  out/ade/images/{training,validation}/<name>.jpg (the same files) and out/ade/annotations/<split>/<name>.png,
+  whose pixels hold 0 where the photograph shows and k + 1 where Fashion-MNIST class k does (the exact visible
+  masks), and out/ade/classes.txt naming the values 0 ("background") to 10.
 """
 from __future__ import annotations
 
 import colorsys
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -42,6 +47,7 @@ OVERHANG = 0.25  # an item may hang this fraction of its size over the image bor
 TRIES = 10  # places tried for an item before it is left out
 JPEG_QUALITY = 90
 SPLITS = {"train2017": 0, "val2017": 1}  # COCO's split names, so that convnext/detection/data.py reads it as is
+ADE_SPLITS = {"train2017": "training", "val2017": "validation"}  # ADE20K's names, for convnext/segmentation/data.py
 
 
 def photograph(name: str) -> np.ndarray:
@@ -128,6 +134,9 @@ def write_split(out: Path, split: str, num: int, photos: list[np.ndarray], items
                 size: tuple[int, int], per_image: tuple[int, int], scale: tuple[float, float], seed: int,
                 progress: bool) -> dict:
     (out / split).mkdir(parents=True, exist_ok=True)
+    ade_images, ade_labels = (out / "ade" / d / ADE_SPLITS[split] for d in ("images", "annotations"))
+    ade_images.mkdir(parents=True, exist_ok=True)
+    ade_labels.mkdir(parents=True, exist_ok=True)
     images, anns, left_out, nbytes = [], [], 0, 0
     per_class = [0] * len(FASHION_MNIST)
     for i in tqdm(range(num), desc=f"scenes {split}", disable=not progress, unit="img"):
@@ -141,9 +150,13 @@ def write_split(out: Path, split: str, num: int, photos: list[np.ndarray], items
         Image.fromarray(img).save(path, quality=JPEG_QUALITY)
         nbytes += path.stat().st_size
         images.append({"id": image_id, "file_name": name, "height": size[0], "width": size[1]})
+        semantic = np.zeros(size, np.uint8)  # the ADE layout's label map: 0 = the photograph, k + 1 = class k
         for label, mask in objects:
             anns.append(annotation(mask, label, image_id, len(anns) + 1))
             per_class[label] += 1
+            semantic[mask] = label + 1  # visible masks are disjoint: each pixel shows one item at most
+        shutil.copyfile(path, ade_images / name)
+        Image.fromarray(semantic).save(ade_labels / f"{path.stem}.png")
     coco = {"info": {"description": f"Fashion-MNIST items on scikit-image photographs, {split} (seed {seed})"},
             "images": images, "annotations": anns,
             "categories": [{"id": k + 1, "name": name, "supercategory": "fashion"}
@@ -158,7 +171,8 @@ def write_split(out: Path, split: str, num: int, photos: list[np.ndarray], items
 def make_scenes(out, num_train: int = 1000, num_val: int = 200, size: tuple[int, int] = (320, 320),
                 items: tuple[int, int] = (1, 4), scale: tuple[float, float] = (2.0, 4.0), seed: int = 0,
                 progress: bool = True) -> dict:
-    """Write the set to `out` (out/train2017/*.jpg, out/val2017/*.jpg, out/annotations/instances_<split>.json):
+    """Write the set to `out` (out/train2017/*.jpg, out/val2017/*.jpg, out/annotations/instances_<split>.json, and
+    the same scenes with per-pixel labels in ADE20K's layout under out/ade, module docstring):
     `size` (H, W) images with `items` (min, max) Fashion-MNIST items each, scaled by `scale` (x 28 px).
     Returns a summary: per split the image, annotation and per-class counts, items left out, bytes written."""
     out = Path(out)
@@ -170,7 +184,9 @@ def make_scenes(out, num_train: int = 1000, num_val: int = 200, size: tuple[int,
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = load_fashion_mnist()
     (out / "annotations").mkdir(parents=True, exist_ok=True)
-    summary = {"out": str(out), "size": list(size), "seed": seed}
+    (out / "ade").mkdir(parents=True, exist_ok=True)
+    (out / "ade" / "classes.txt").write_text("\n".join(["background", *FASHION_MNIST]) + "\n")
+    summary = {"out": str(out), "ade": str(out / "ade"), "size": list(size), "seed": seed}
     for split, num, photos, x, y in (("train2017", num_train, TRAIN_PHOTOS, x_train, y_train),
                                      ("val2017", num_val, VAL_PHOTOS, x_test, y_test)):
         summary[split] = write_split(out, split, num, [photograph(p) for p in photos], x.numpy(), y.numpy(),
