@@ -33,6 +33,8 @@ class GRN(nn.Module):
     2. normalise: Nx = Gx / (mean over channels of Gx + eps) (the paper writes a sum over channels; the code
        divides by the mean, which only rescales gamma: official issue #76);
     3. calibrate: gamma * (x * Nx) + beta + x. gamma and beta start at 0, so a new GRN is the identity.
+    Computed as x * (1 + gamma * Nx) + beta: the factor is (N, 1, 1, C), so the 4C-wide map is read and written
+    once (one addcmul) instead of four times; the same number up to float rounding.
     """
 
     def __init__(self, dim: int):
@@ -43,7 +45,7 @@ class GRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (N, 1, 1, C), as torch.norm(p=2)
         nx = gx / (gx.mean(dim=-1, keepdim=True) + GRN_EPS)  # each channel's response relative to the average
-        return self.gamma * (x * nx) + self.beta + x
+        return torch.addcmul(self.beta, x, 1 + self.gamma * nx)  # = gamma * (x * Nx) + beta + x
 
 
 class BlockV2(nn.Module):
