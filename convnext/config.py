@@ -48,6 +48,9 @@ class DataConfig:
     img_size: int = 224
     batch_size: int = 128  # per device (TRAINING.md: 128 x 32 GPUs for T/S/B)
     workers: int = 8
+    # image folders: pil = PIL and timm in the DataLoader workers (the reference); gpu = the workers read bytes, the
+    # device decodes and augments (the same augmentation, drawn from per-image seeds: convnext/device_transforms.py)
+    pipeline: str = "pil"
     # augmentation (Table 5); the names are timm's, which the paper used
     randaug: str = "rand-m9-mstd0.5-inc1"
     color_jitter: float = 0.4  # official main.py default (ignored by timm when RandAugment is on)

@@ -3,6 +3,8 @@
 Three data sources with one interface (`Data`):
 - `ImageFolderData`: the ImageNet layout (root/train/<class>/*, root/val/<class>/*), decoded by PIL in
   DataLoader workers, with timm's training transform (what the paper used) and the official eval transform.
+  `DeviceImageFolderData` (data.pipeline=gpu) reads the same files in the same order, but its workers only read
+  bytes: this process decodes and augments each batch on the device (device_data.py, device_transforms.py).
 - `TensorData`: an in-memory set (the embedded Fashion-MNIST demo), augmented batch-wise with torch ops.
 - `SyntheticData`: one fixed random batch, for timing the model and the training loop without a pipeline.
 
@@ -24,6 +26,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from convnext.device_data import DeviceBatches, FileBytes, collate_bytes
 from convnext.errors import UserError
 from convnext.images import IMAGE_SUFFIXES
 from convnext.labels import FASHION_MNIST
@@ -33,6 +36,7 @@ from convnext.transforms import eval_transform, train_transform
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")  # Debian package dataset-fashion-mnist
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = (0.2860,), (0.3530,)
+PIPELINES = ("pil", "gpu")  # data.pipeline: where image folders are decoded and augmented (config.py)
 
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -300,16 +304,37 @@ class ImageFolderData(Data):
         perm = epoch_permutation(self.num_train, self.seed, epoch).tolist()
         batches = [[(perm[p], sample_seed(self.seed, epoch, p)) for p in range(sl.start, sl.stop)]
                    for _, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
-        for x, y, bad in load_files(_Files(self.train, self._train_tf), batches, _collate, self.cfg.workers):
-            self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
-            if x is not None:
-                yield x, y
+        yield from self._load(self.train, batches, train=True)
 
     def eval_batches(self, world, rank, limit=0):
         idx = subset_indices(self.num_eval, limit)[rank::world].tolist()
         bs = max(1, int(self.cfg.batch_size * 1.5))  # the official val batch is 1.5 x the training batch
         batches = [[(i, 0) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
-        for x, y, bad in load_files(_Files(self.val, self._eval_tf), batches, _collate, self.cfg.workers):
+        yield from self._load(self.val, batches, train=False)
+
+    def _load(self, samples, batches, train: bool):
+        """(x, y) of each batch of (sample index, seed) keys, decoded and transformed by PIL in the workers."""
+        tf = self._train_tf if train else self._eval_tf
+        for x, y, bad in load_files(_Files(samples, tf), batches, _collate, self.cfg.workers):
+            self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
+            if x is not None:
+                yield x, y
+
+
+class DeviceImageFolderData(ImageFolderData):
+    """data.pipeline=gpu: ImageFolderData's files, order, shards and seeds; the workers only read each file's bytes,
+    and this process decodes, augments and normalises the batch on the device (convnext/device_data.py), yielding
+    device tensors. The augmentation is the paper's, with the PIL pipeline's settings and distributions, not its
+    random streams (convnext/device_transforms.py)."""
+
+    def __init__(self, cfg, seed: int = 0, train: bool = True):
+        super().__init__(cfg, seed, train)
+        self.device_batches = DeviceBatches(self._train_tf, self.preprocessing)
+
+    def _load(self, samples, batches, train: bool):
+        loader = load_files(FileBytes(samples), batches, collate_bytes, self.cfg.workers)
+        for keys, raw in zip(batches, loader):  # the loader keeps the batches' order
+            x, y, bad = self.device_batches(raw, [seed for _, seed in keys], train)
             self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
             if x is not None:
                 yield x, y
@@ -345,10 +370,15 @@ class SyntheticData(Data):
 
 
 def build_data(cfg, seed: int = 0, train: bool = True, in_chans: int = 3) -> Data:
+    if cfg.pipeline not in PIPELINES:
+        raise UserError(f"unknown data.pipeline {cfg.pipeline!r}; choose {' or '.join(PIPELINES)}")
+    if cfg.pipeline == "gpu" and cfg.dataset in ("fashion_mnist", "synthetic"):
+        raise UserError(f"data.pipeline=gpu decodes image folders (data.dataset=imagefolder); {cfg.dataset} has no "
+                        f"files to decode, so leave data.pipeline=pil")
     if cfg.dataset == "fashion_mnist":
         return fashion_mnist(cfg, seed, cfg.root or None)
     if cfg.dataset == "imagefolder":
-        return ImageFolderData(cfg, seed, train)
+        return (DeviceImageFolderData if cfg.pipeline == "gpu" else ImageFolderData)(cfg, seed, train)
     if cfg.dataset == "synthetic":
         return SyntheticData(cfg, seed, in_chans)
     raise UserError(f"unknown data.dataset {cfg.dataset!r}; choose imagefolder, fashion_mnist or synthetic")
