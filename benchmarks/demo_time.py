@@ -1,13 +1,14 @@
-"""Time a demo end to end and record its result: the README's main job (the Fashion-MNIST classifier) or the
-offline detection demo.
+"""Time a demo end to end and record its result: the README's main job (the Fashion-MNIST classifier), the
+offline detection or segmentation demo, or the FCMAE / V2 fine-tuning demos.
 
     .venv/bin/python benchmarks/demo_time.py [--out benchmarks/results/demo.json] [KEY=VALUE ...]
     .venv/bin/python benchmarks/demo_time.py --config scenes --data data/scenes --out benchmarks/results/scenes.json
+    .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --out benchmarks/results/seg.json
 
 Runs `convnext train --config CONFIG` in a fresh process (set-up excluded: the venv and data are in place),
 measures the wall-clock time from launch to exit (start-up, data loading, training and every evaluation
 included), and reads the run's final metrics from its summary.json (top-1 on the 10,000 Fashion-MNIST test
-images; box and mask AP on the held-out scenes).
+images; box and mask AP, or mIoU / mAcc / aAcc, on the held-out scenes).
 """
 from __future__ import annotations
 
@@ -42,13 +43,14 @@ def main():
         metrics = [json.loads(x) for x in open(os.path.join(run, "metrics.jsonl"))]
         cfg = json.load(open(os.path.join(run, "config.json")))["config"]
     d, t = cfg["data"], cfg["train"]
-    size = d["det_test_scale"] if cfg.get("task") == "detection" else d["img_size"]  # a detector's test scale
+    task = cfg.get("task")  # a detector's test scale, a segmenter's crop (its whole-image test size here)
+    size = d["det_test_scale"] if task == "detection" else d["seg_crop_size"] if task == "segmentation" else d["img_size"]
     setting = dict(device="cpu", precision=t["precision"], batch_size=d["batch_size"], img_size=size,
                    channels_last=t["channels_last"], compile="default" if t["compile"] else "none",
                    model=cfg["model"]["name"], epochs=t["epochs"], overrides=a.overrides)
     result = {**provenance(**setting), "wall_s": round(wall, 1), "summary": summary, "metrics": metrics}
     shown = ("final_top1", "best_top1", "final_ema_top1", "final_box_AP", "final_box_AP50", "final_mask_AP",
-             "final_mask_AP50")
+             "final_mask_AP50", "final_mIoU", "final_mAcc", "final_aAcc", "final_eval_loss")
     numbers = ", ".join(f"{k} {summary[k]:.2f}" for k in shown if summary.get(k) is not None)
     print(f"{a.config}: {wall:.0f} s wall-clock, {numbers} ({' '.join(f'{k}={v}' for k, v in setting.items())}, "
           f"{result['device']})")
