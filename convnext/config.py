@@ -204,8 +204,8 @@ def _parse_value(text: str, typ, key: str):
             return float(text)
     except ValueError:
         raise UserError(f"{key} takes {'an integer' if typ is int else 'a number'}, not {text!r}") from None
-    if typ is str:
-        return text
+    if typ is str:  # a quoted value ('x' or "x", as in tuple syntax) is the text between the quotes
+        return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
     raise UserError(f"{key} cannot be set from the command line")
 
 

@@ -66,6 +66,8 @@ def test_overrides_and_errors():
     cfg = apply_overrides(Config(), ["optim.lr=1e-3", "train.compile=true", "data.scale=0.2,1.0", "model.layer_scale=none"])
     assert cfg.optim.lr == 1e-3 and cfg.train.compile is True and cfg.data.scale == (0.2, 1.0)
     assert cfg.model.layer_scale is None
+    quoted = apply_overrides(Config(), ['model.detector=("fpn_channels=64", \'box_fc_channels=256\')', "data.root='a b'"])
+    assert quoted.model.detector == ("fpn_channels=64", "box_fc_channels=256") and quoted.data.root == "a b"
     with pytest.raises(UserError, match="unknown config key 'optim.lrr'"):
         apply_overrides(Config(), ["optim.lrr=1"])
     with pytest.raises(UserError, match="unknown config key"):
