@@ -32,7 +32,9 @@ from torch.utils.checkpoint import checkpoint
 from convnext.errors import UserError
 from convnext.model import LN_EPS, ConvNeXt, LayerNorm2d, get_variant
 from convnext.model_v2 import ConvNeXtV2
-from convnext.weights import download_pretrained, find_tag, read_weights
+from convnext.checkpoint import load_checkpoint_file
+from convnext.convert import convert_state_dict
+from convnext.weights import download_pretrained, find_tag
 
 
 class ConvNeXtBackbone(nn.Module):
@@ -99,6 +101,7 @@ class LoadReport:
     unused: list[str] = field(default_factory=list)  # in the checkpoint, not in the backbone (final norm, head)
     new: list[str] = field(default_factory=list)  # in the backbone, not in the checkpoint (the output norms)
     adapted: list[str] = field(default_factory=list)  # loaded after a change of shape (the stem's input channels)
+    outside: int = 0  # a detector's or segmenter's tensors outside its backbone (neck, heads): not used
 
     def describe(self) -> str:
         parts = [f"backbone weights from {self.source}: {self.loaded} tensors loaded"]
@@ -106,6 +109,8 @@ class LoadReport:
             parts.append(f"adapted: {', '.join(self.adapted)}")
         if self.unused:
             parts.append(f"not used: {_names(self.unused)}")
+        if self.outside:
+            parts.append(f"not used: the {self.outside} tensors of the checkpoint's neck and heads")
         if self.new:
             parts.append(f"new (initialised here): {_names(self.new)}")
         return "; ".join(parts)
@@ -120,9 +125,26 @@ def _names(keys: list[str]) -> str:
     return ", ".join(f"{m}.{{{','.join(v)}}}" if len(v) > 1 else f"{m}.{v[0]}" for m, v in groups.items())
 
 
+# Where a dense-prediction model keeps its backbone: torchvision's BackboneWithFPN (our detectors) under
+# `backbone.body.`, our segmenters and the official mmdet / mmseg checkpoints under `backbone.`.
+DENSE_PREFIXES = ("backbone.body.", "backbone.")
+
+
+def backbone_part(sd: dict) -> tuple[dict, int]:
+    """(the backbone's tensors without their prefix, how many other tensors) of a detector's or segmenter's state
+    dict (a DDP `module.` prefix allowed); (sd, 0) for a classifier's."""
+    for prefix in (f"{m}{p}" for m in ("", "module.") for p in DENSE_PREFIXES):
+        if any(k.startswith(f"{prefix}downsample_layers.") for k in sd):
+            part = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            return part, len(sd) - len(part)
+    return sd, 0
+
+
 def load_backbone_weights(backbone: ConvNeXtBackbone, source: str | os.PathLike, *, ema: bool = False,
                           verbose: bool = True) -> LoadReport:
-    """Load classification weights (a registry tag, or a checkpoint file of any supported origin) into `backbone`.
+    """Load classification weights (a registry tag, or a checkpoint file of any supported origin) into `backbone`,
+    or the backbone of a trained detector or segmenter (ours, or an official mmdet / mmseg file: DENSE_PREFIXES),
+    whose output norms then load too.
 
     Every backbone tensor the checkpoint has is loaded and must fit; the final norm and the head are reported as
     not used and the output norms as new. A checkpoint for fewer input channels than the backbone's (the 1-channel
@@ -131,8 +153,10 @@ def load_backbone_weights(backbone: ConvNeXtBackbone, source: str | os.PathLike,
     """
     tag = find_tag(source, backbone.arch)
     path = download_pretrained(tag) if tag else source
-    sd, _ = read_weights(path, ema)
+    sd, _ = load_checkpoint_file(path, ema)
     report = LoadReport(source=tag or str(source))
+    sd, report.outside = backbone_part(sd)
+    sd = convert_state_dict(sd)
     own = backbone.state_dict()
     take = {}
     for k, v in sd.items():

@@ -65,6 +65,30 @@ def test_backbone_loads_classification_weights_and_reports_by_name(tmp_path, cap
     torch.testing.assert_close(body.stages[2][3].pwconv1.weight, cls.stages[2][3].pwconv1.weight)
 
 
+def test_backbone_loads_a_detectors_or_segmenters_backbone(tmp_path, capsys):
+    """A trained detector's backbone (torchvision's `backbone.body.`), a segmenter's or an official mmdet / mmseg
+    file's (`backbone.`, here under DDP's `module.`) loads whole, output norms included; the rest is counted."""
+    from convnext.segmentation import create_segmenter
+
+    torch.manual_seed(0)
+    det = create_detector("mask_rcnn_convnext_atto", num_classes=3)
+    seg = create_segmenter("upernet_convnext_atto", num_classes=4, channels=16, aux_channels=8)
+    for name, model, prefix in (("det", det, "backbone.body."), ("seg", seg, "backbone.")):
+        with torch.no_grad():  # the output norms away from their initialisation, to see that they load
+            for p in model.parameters():
+                p.add_(torch.rand_like(p))
+        sd = model.state_dict()
+        save({"model": sd if name == "det" else {f"module.{k}": v for k, v in sd.items()}}, tmp_path / f"{name}.pth")
+        body = ConvNeXtBackbone("convnext_atto")
+        report = load_backbone_weights(body, tmp_path / f"{name}.pth")
+        own = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        assert report.new == [] and report.unused == [] and report.loaded == len(own) == len(body.state_dict())
+        assert report.outside == len(sd) - len(own) > 0
+        assert f"not used: the {report.outside} tensors of the checkpoint's neck and heads" in capsys.readouterr().out
+        for k, v in body.state_dict().items():
+            torch.testing.assert_close(v, own[k])
+
+
 def test_v2_backbone_has_grn_blocks_and_loads_v2_weights_only(tmp_path):
     """A convnextv2_* backbone is built of V2 blocks (the V2 paper's detection/segmentation backbone), takes a
     V2 classifier's weights with the same features, and refuses a V1 checkpoint by name."""

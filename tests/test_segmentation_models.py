@@ -45,6 +45,24 @@ def test_names_and_settings():
     assert create_segmenter("upernet_convnext_atto", 3, channels=8, aux_weight=0.0).auxiliary_head is None
 
 
+def test_classifier_init_official_or_pytorchs():
+    """The heads' conv_seg: mmseg's normal(0, 0.01) with zero bias by default; cls_init="default" keeps PyTorch's
+    kaiming-uniform (bound 1/sqrt(fan_in), std bound/sqrt(3)); anything else is refused."""
+    torch.manual_seed(0)
+    official = create_segmenter("upernet_convnext_atto", 150, channels=256, aux_channels=128)
+    torch.manual_seed(0)
+    default = create_segmenter("upernet_convnext_atto", 150, channels=256, aux_channels=128, cls_init="default")
+    for head in ("decode_head", "auxiliary_head"):
+        conv = getattr(official, head).conv_seg
+        assert abs(conv.weight.std().item() - 0.01) < 1e-3 and not conv.bias.any()
+        conv = getattr(default, head).conv_seg
+        bound = 1 / math.sqrt(conv.in_channels)
+        assert conv.weight.abs().max() <= bound and abs(conv.weight.std().item() / (bound / math.sqrt(3)) - 1) < 0.05
+        assert conv.bias.abs().max() <= bound and conv.bias.any()
+    with pytest.raises(UserError, match="cls_init='zeros'"):
+        create_segmenter("upernet_convnext_atto", 3, channels=8, cls_init="zeros")
+
+
 # ------------------------------------------------------------------------------------------ structure
 
 

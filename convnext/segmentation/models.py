@@ -109,12 +109,16 @@ class ConvBNReLU(nn.Module):
 class DecodeHead(nn.Module):
     """mmseg's BaseDecodeHead: what every head ends with (dropout, then a 1x1 classifier `conv_seg`)."""
 
-    def __init__(self, channels: int, num_classes: int, dropout: float):
+    def __init__(self, channels: int, num_classes: int, dropout: float, cls_init: str = "normal"):
         super().__init__()
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg: normal_init(conv_seg, mean=0, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        if cls_init == "normal":
+            nn.init.normal_(self.conv_seg.weight, std=0.01)  # mmseg: normal_init(conv_seg, mean=0, std=0.01)
+            nn.init.zeros_(self.conv_seg.bias)
+        elif cls_init != "default":  # "default": PyTorch's own Conv2d init (kaiming-uniform, a=sqrt(5))
+            raise UserError(f"cls_init={cls_init!r}: the classifier's init is 'normal' (mmseg's, std 0.01) or "
+                            f"'default' (PyTorch's)")
 
     def cls_seg(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv_seg(self.dropout(x))
@@ -124,8 +128,8 @@ class UPerHead(DecodeHead):
     """Unified Perceptual Parsing's head (Xiao et al. 2018): PPM on the last level + FPN, fused at stride 4."""
 
     def __init__(self, in_channels: Sequence[int], channels: int, num_classes: int,
-                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1):
-        super().__init__(channels, num_classes, dropout)
+                 pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1, cls_init: str = "normal"):
+        super().__init__(channels, num_classes, dropout, cls_init)
         top = in_channels[-1]
         # keys psp_modules.<i>.1.conv.weight: each branch an nn.Sequential(pool, conv), as mmseg's PPM
         self.psp_modules = nn.ModuleList(nn.Sequential(nn.AdaptiveAvgPool2d(s), ConvBNReLU(top, channels, 1))
@@ -152,8 +156,9 @@ class UPerHead(DecodeHead):
 class FCNHead(DecodeHead):
     """mmseg's FCNHead as the auxiliary head: `num_convs` 3x3 ConvModules, no concatenation of the input."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int = 1, dropout: float = 0.1):
-        super().__init__(channels, num_classes, dropout)
+    def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int = 1, dropout: float = 0.1,
+                 cls_init: str = "normal"):
+        super().__init__(channels, num_classes, dropout, cls_init)
         self.convs = nn.Sequential(*(ConvBNReLU(in_channels if i == 0 else channels, channels, 3)
                                      for i in range(num_convs)))
 
@@ -176,7 +181,8 @@ class Segmenter(nn.Module):
     decode head's logits resized to the input (`encode_decode`)."""
 
     def __init__(self, body: nn.Module, num_classes: int, channels: int = 512, aux_channels: int = 256,
-                 aux_weight: float = 0.4, dropout: float = 0.1, pool_scales: Sequence[int] = (1, 2, 3, 6)):
+                 aux_weight: float = 0.4, dropout: float = 0.1, pool_scales: Sequence[int] = (1, 2, 3, 6),
+                 cls_init: str = "normal"):
         super().__init__()
         if num_classes < 1:
             raise UserError(f"num_classes={num_classes}: a segmenter needs at least one class")
@@ -184,9 +190,10 @@ class Segmenter(nn.Module):
         if len(widths) != 4:
             raise UserError(f"UperNet reads four stages (strides 4-32); this body returns {len(widths)}")
         self.backbone = body
-        self.decode_head = UPerHead(widths, channels, num_classes, pool_scales, dropout)
+        self.decode_head = UPerHead(widths, channels, num_classes, pool_scales, dropout, cls_init)
         # no auxiliary head without its loss: an unused head would break DDP's gradient bucketing
-        self.auxiliary_head = FCNHead(widths[AUX_INDEX], aux_channels, num_classes, 1, dropout) if aux_weight else None
+        self.auxiliary_head = (FCNHead(widths[AUX_INDEX], aux_channels, num_classes, 1, dropout, cls_init)
+                               if aux_weight else None)
         self.num_classes, self.aux_weight = num_classes, aux_weight
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -232,6 +239,9 @@ DEFAULTS = dict(
     aux_channels=256,  # FCNHead
     aux_weight=0.4,  # the auxiliary loss weight; 0: no auxiliary head
     dropout=0.1,
+    # the heads' 1x1 classifiers: "normal" (mmseg's std 0.01) or "default" (PyTorch's, ~7x larger at 64 channels:
+    # configs/scenes_seg.py, where 0.01 kept every pixel "background" for the first ~600 steps of a short run)
+    cls_init="normal",
     grad_checkpointing=False,
 )
 
@@ -271,7 +281,7 @@ def segmenter_on(body: nn.Module, num_classes: int = 150, **overrides) -> Segmen
     (benchmarks/segmentation_speed.py)."""
     s = _settings(overrides)
     return Segmenter(body, num_classes, channels=s["channels"], aux_channels=s["aux_channels"],
-                     aux_weight=s["aux_weight"], dropout=s["dropout"])
+                     aux_weight=s["aux_weight"], dropout=s["dropout"], cls_init=s["cls_init"])
 
 
 def segmenter_settings(items: tuple[str, ...] | list[str]) -> dict:
