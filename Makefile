@@ -33,10 +33,12 @@ demo-detection: setup
 	test -f data/scenes/annotations/instances_val2017.json || $(BIN)/convnext data scenes --out data/scenes
 	$(BIN)/convnext train --config scenes --data data/scenes --out runs/scenes
 
-# the offline segmentation demo (RESULTS.md): UperNet on the same scenes' per-pixel labels (data/scenes/ade)
+# the offline segmentation demo (RESULTS.md): UperNet on the same scenes' per-pixel labels (data/scenes/ade), its
+# backbone from the detection demo's
 demo-segmentation: setup
 	test -f runs/demo/best_ema.pt || $(BIN)/convnext train --config demo --out runs/demo
 	test -f data/scenes/ade/classes.txt || $(BIN)/convnext data scenes --out data/scenes
+	test -f runs/scenes/last.pt || $(BIN)/convnext train --config scenes --data data/scenes --out runs/scenes
 	$(BIN)/convnext train --config scenes_seg --data data/scenes/ade --out runs/scenes_seg
 
 test: setup
