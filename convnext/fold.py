@@ -37,7 +37,7 @@ from torch import nn
 
 from convnext.layers import DropPath
 from convnext.model import Block
-from convnext.model_v2 import GRN, GRN_EPS, BlockV2
+from convnext.model_v2 import GRN, BlockV2, grn_response
 
 
 class FoldedBlock(nn.Module):
@@ -90,9 +90,8 @@ class FoldedGRN(nn.Module):
         self.gamma = grn.gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (N, 1, 1, C)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + GRN_EPS)
-        return x * (1 + self.gamma * nx)  # = gamma * (x * Nx) + x: the (N, 1, 1, C) factor first, one big multiply
+        # = gamma * (x * Nx) + x: the (N, 1, 1, C) factor first, one big multiply
+        return x * (1 + self.gamma * grn_response(x))
 
 
 class FoldedBlockV2(nn.Module):

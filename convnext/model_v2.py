@@ -26,6 +26,12 @@ from convnext.layers import LN_EPS, ClassifierBase, DropPath, check_map_size, dr
 GRN_EPS = 1e-6  # official models/utils.py GRN: Gx / (mean(Gx) + 1e-6)
 
 
+def grn_response(x: torch.Tensor) -> torch.Tensor:
+    """GRN's Nx of an NHWC tensor, (N, 1, 1, C): each channel's L2 norm over (H, W) relative to their mean."""
+    gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (N, 1, 1, C), as torch.norm(p=2)
+    return gx / (gx.mean(dim=-1, keepdim=True) + GRN_EPS)
+
+
 class GRN(nn.Module):
     """Global Response Normalization (§3) on an NHWC tensor, as the official code computes it.
 
@@ -43,9 +49,7 @@ class GRN(nn.Module):
         self.beta = nn.Parameter(torch.zeros(1, 1, 1, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gx = torch.linalg.vector_norm(x, ord=2, dim=(1, 2), keepdim=True)  # (N, 1, 1, C), as torch.norm(p=2)
-        nx = gx / (gx.mean(dim=-1, keepdim=True) + GRN_EPS)  # each channel's response relative to the average
-        return torch.addcmul(self.beta, x, 1 + self.gamma * nx)  # = gamma * (x * Nx) + beta + x
+        return torch.addcmul(self.beta, x, 1 + self.gamma * grn_response(x))  # = gamma * (x * Nx) + beta + x
 
 
 class BlockV2(nn.Module):
