@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import sys
@@ -43,7 +42,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from convnext.benchmark import Setting, provenance, ratio, sync
+from convnext.benchmark import ResultLog, Setting, ratio, sync
 from convnext.config import load_config, replace
 from convnext.data import build_data
 from convnext.device_transforms import (LEVELS, EvalTransform, RandAugmentOps, Sample, TrainTransform, apply_op,
@@ -53,31 +52,6 @@ from convnext.transforms import eval_transform, train_transform
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_train import make_folder, trainer_run  # noqa: E402  (the same folder and the same timed trainer run)
-
-
-class Record:
-    """Rows of results with the provenance, printed as they come and saved after each."""
-
-    def __init__(self, out: str | None, **setting):
-        self.out, self.data = out, {"meta": provenance(**setting), "rows": [], "skipped": []}
-        v = self.data["meta"]["versions"]
-        print(f"# {self.data['meta']['device']}; torch {v['torch']}; torchvision {v['torchvision']}; timm {v['timm']}; "
-              f"{os.cpu_count()} host cores; git {self.data['meta']['git_commit']}", flush=True)
-
-    def add(self, row: dict) -> None:
-        self.data["rows"].append(row)
-        if "img_s" in row:
-            print(f"{row['what']:<36} {row['img_s']:>8.0f} img/s   [{row['setting']}]", flush=True)
-        self.save()
-
-    def skip(self, what: str) -> None:
-        self.data["skipped"].append(what)
-        print(f"skipped (budget): {what}", flush=True)
-        self.save()
-
-    def save(self) -> None:
-        if self.out:
-            Path(self.out).write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def _photo(name: str, size: tuple[int, int]) -> Image.Image:
@@ -100,7 +74,7 @@ def _levels(a, b) -> np.ndarray:
 def equivalence(a) -> None:
     from timm.data.auto_augment import NAME_TO_OP
 
-    rec = Record(a.out, mode="equivalence", device="cpu")
+    rec = ResultLog(a.out, mode="equivalence", device="cpu")
     imgs = [_photo(n, (224, 224)) for n in ("astronaut", "chelsea", "coffee")]
     ra = RandAugmentOps(train_transform(load_config("in1k:tiny").data).transforms[2])
     fill = ra.fill
@@ -170,7 +144,7 @@ def gpu(a) -> None:
     cuda = torch.cuda.is_available() and not a.smoke
     r = SimpleNamespace(a=a, dev="cuda" if cuda else "cpu", precision="bf16" if cuda else "fp32")
     model = "convnext_atto" if a.smoke else "convnext_tiny"
-    rec = Record(a.out, device=r.dev, precision=r.precision, batch_size=a.batch, img_size=a.img_size,
+    rec = ResultLog(a.out, device=r.dev, precision=r.precision, batch_size=a.batch, img_size=a.img_size,
                  channels_last=True, model=model, warmup=a.warmup, steps=a.steps, workers=a.workers, smoke=a.smoke)
     left = lambda: a.budget_s - (time.time() - t0)  # noqa: E731
 
@@ -229,7 +203,7 @@ def gpu(a) -> None:
     print(f"done in {time.time() - t0:.0f} s", flush=True)
 
 
-def checks(rec: Record, root: Path, a, device: str) -> None:
+def checks(rec: ResultLog, root: Path, a, device: str) -> None:
     """nvJPEG against PIL, and the augmentation on the GPU against the CPU on the same decoded images and seeds."""
     files = sorted((root / "train").rglob("*.jpg"))[:64]
     raw = [torch.frombuffer(bytearray(f.read_bytes()), dtype=torch.uint8) for f in files]
@@ -273,7 +247,7 @@ def make_photo_folder(root: Path, train: int, val: int, size=(96, 128)) -> None:
 def train_compare(a) -> None:
     from convnext.train import train
 
-    rec = Record(a.out, mode="train-compare", device="cpu", epochs=a.epochs, seed=a.seed, smoke=a.smoke)
+    rec = ResultLog(a.out, mode="train-compare", device="cpu", epochs=a.epochs, seed=a.seed, smoke=a.smoke)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "photos"
         make_photo_folder(root, a.train_per_class, a.val_per_class)

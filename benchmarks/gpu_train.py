@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import statistics
 import sys
@@ -40,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from convnext import create_model
-from convnext.benchmark import Setting, StepTimer, provenance, sync
+from convnext.benchmark import ResultLog, Setting, StepTimer, sync
 from convnext.config import load_config, replace
 from convnext.data import ImageFolderData
 from convnext.runtime import autocast
@@ -54,12 +53,8 @@ class Run:
         self.dev = "cuda" if self.cuda else "cpu"
         self.precision = "bf16" if self.cuda else "fp32"
         self.model = "convnext_atto" if a.smoke else "convnext_tiny"
-        meta = provenance(**asdict(self.setting(False)), warmup=a.warmup, steps=a.steps, workers=a.workers,
-                          budget_s=a.budget_s, smoke=a.smoke)
-        self.data = {"meta": meta, "loop": [], "pipeline": [], "skipped": []}
-        v = meta["versions"]
-        print(f"# {meta['device']}; torch {v['torch']}; timm {v['timm']}; {meta['host']['cores']} host cores; "
-              f"git {meta['git_commit']}", flush=True)
+        self.log = ResultLog(a.out, ("loop", "pipeline"), **asdict(self.setting(False)), warmup=a.warmup,
+                             steps=a.steps, workers=a.workers, budget_s=a.budget_s, smoke=a.smoke)
 
     def left(self) -> float:
         return self.a.budget_s - (time.time() - self.t0)
@@ -71,20 +66,6 @@ class Run:
 
     def describe(self, compiled: bool, extra: str = "") -> str:
         return self.setting(compiled).describe() + extra
-
-    def record(self, part: str, row: dict) -> None:
-        self.data[part].append(row)
-        print(f"{row['what']:<34} {row['img_s']:>8.0f} img/s   [{row['setting']}]", flush=True)
-        self.save()
-
-    def skip(self, what: str) -> None:
-        self.data["skipped"].append(what)
-        print(f"skipped (budget): {what}", flush=True)
-        self.save()
-
-    def save(self) -> None:
-        if self.a.out:
-            Path(self.a.out).write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def _rate(timer: StepTimer, t0: float, warmup: int, batch: int) -> dict:
@@ -154,12 +135,12 @@ def loop_part(r: Run) -> None:
     name = r.model
     for compiled in (False, True):
         if compiled and r.left() < 150:
-            r.skip("compiled loop group")
+            r.log.skip("compiled loop group")
             return
         tag = "compiled" if compiled else "eager"
         for what in ("plain-timm", "trainer", "plain-ours"):
             if compiled and what == "plain-ours" and r.left() < 120:
-                r.skip(f"plain-ours {tag}")
+                r.log.skip(f"plain-ours {tag}")
                 continue
             if what == "trainer":
                 res = trainer_run(r, {"data.dataset": "synthetic"}, compiled, a.steps)
@@ -167,7 +148,7 @@ def loop_part(r: Run) -> None:
                 make = timm.create_model if what == "plain-timm" else create_model
                 res = plain_loop(r, make(name, drop_path_rate=0.1), compiled)
             res.update(what=f"{what} {tag}", setting=r.describe(compiled, f" model={name} data=synthetic"))
-            r.record("loop", res)
+            r.log.add(res, "loop")
             torch.cuda.empty_cache() if r.cuda else None
 
 
@@ -225,20 +206,20 @@ def pipeline_part(r: Run, tmp: Path) -> None:
         for _ in data.train_batches(epoch, range(steps), 1, 1, 0):
             stamps.append(time.perf_counter())
         rate = a.batch * (len(stamps) - 1) / (stamps[-1] - stamps[0])
-        r.record("pipeline", {"what": f"loader alone, epoch {epoch}", "img_s": rate, "steps": len(stamps),
+        r.log.add({"what": f"loader alone, epoch {epoch}", "img_s": rate, "steps": len(stamps),
                               "setting": f"{a.workers} workers on {os.cpu_count()} host cores, batch={a.batch}, "
                                          f"img={a.img_size}, paper's train transform, PIL, first batch excluded "
-                                         f"(loader only: no device, precision, memory format or compile)"})
+                                         f"(loader only: no device, precision, memory format or compile)"}, "pipeline")
     folder = {"data.dataset": "imagefolder", "data.root": str(root), "data.workers": a.workers}
     for compiled in (False, True):
         if compiled and r.left() < 120:
-            r.skip("trainer on the folder, compiled")
+            r.log.skip("trainer on the folder, compiled")
             return
         tag = "compiled" if compiled else "eager"
         res = trainer_run(r, folder, compiled, steps - a.warmup)
         res.update(what=f"trainer {tag}, JPEG folder", setting=r.describe(compiled, f" model={r.model} "
                                                                           f"data=ImageFolder {a.workers} workers"))
-        r.record("pipeline", res)
+        r.log.add(res, "pipeline")
 
 
 def main() -> int:

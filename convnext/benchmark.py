@@ -18,19 +18,20 @@ import contextlib
 import copy
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convnext.checkpoint import git_commit
+from convnext.checkpoint import git_commit, write_text
 from convnext.errors import UserError
 from convnext.runtime import autocast
 
@@ -279,6 +280,35 @@ def provenance(**setting) -> dict:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "argv": sys.argv,
     }
+
+
+class ResultLog:
+    """A long benchmark's JSON: its provenance ("meta"), a list of rows per part, and what its time budget skipped.
+    Each row is printed as it comes and the file rewritten (atomically) after each, so a run cut short keeps what
+    it measured."""
+
+    def __init__(self, out: str | os.PathLike | None, parts: Sequence[str] = ("rows",), **setting):
+        self.out = out
+        meta = provenance(**setting)
+        self.data = {"meta": meta, **{part: [] for part in parts}, "skipped": []}
+        v = meta["versions"]
+        print(f"# {meta['device']}; torch {v['torch']}; torchvision {v['torchvision']}; timm {v['timm']}; "
+              f"{meta['host']['cores']} host cores; git {meta['git_commit']}", flush=True)
+
+    def add(self, row: dict, part: str = "rows") -> None:
+        self.data[part].append(row)
+        if "img_s" in row:
+            print(f"{row['what']:<36} {row['img_s']:>8.0f} img/s   [{row['setting']}]", flush=True)
+        self.save()
+
+    def skip(self, what: str) -> None:
+        self.data["skipped"].append(what)
+        print(f"skipped (budget): {what}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        if self.out:
+            write_text(json.dumps(self.data, indent=2) + "\n", self.out)
 
 
 @contextlib.contextmanager
