@@ -1,0 +1,141 @@
+"""Ablations for the offline segmentation demo: which change makes UperNet learn the scenes faster on a CPU.
+
+    .venv/bin/python benchmarks/segmentation_demo_study.py --init runs/scenes/last.pt --steps 1500 \\
+        --out benchmarks/results/seg_study_det_init.json
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/segmentation_demo_study.py --cls-init normal ...
+
+Not the demo (configs/scenes_seg.py runs through the engine): a bare loop on the scenes preloaded whole at one
+size (data/scenes/ade, `convnext data scenes`), flip only, so that one change at a time (init, head width,
+classifier init, lr, size, background weight) can be compared at equal steps, two runs side by side on one core
+each. AdamW with the demo's stage-wise layer decay and poly schedule. Each evaluation reports, on held-out scenes
+and on as many training scenes: mIoU, and two numbers that say which half of the task fails:
+`found`, the share of item pixels predicted as some item, and `among`, the share of item pixels whose best item
+class (the argmax over the item classes only) is right.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from convnext.benchmark import provenance
+from convnext.checkpoint import write_text
+from convnext.config import OptimConfig
+from convnext.optim import build_optimizer, lr_at, set_lr
+from convnext.segmentation.data import normalize
+from convnext.segmentation.evaluate import SegMetric
+from convnext.segmentation.models import IGNORE_INDEX, create_segmenter, resize, segmentation_loss
+
+NUM_CLASSES = 11  # the scenes: background + Fashion-MNIST's 10
+
+
+def load_split(root: Path, split: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `n` scenes of a split, resized whole to size x size: normalised images and their labels."""
+    files = sorted((root / "images" / split).iterdir())[:n]
+    images, labels = [], []
+    for f in files:
+        img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
+        lab = Image.open(root / "annotations" / split / f"{f.stem}.png").resize((size, size), Image.NEAREST)
+        images.append(normalize(torch.from_numpy(np.array(img)).permute(2, 0, 1)))
+        labels.append(torch.from_numpy(np.array(lab).astype(np.int64)))
+    return torch.stack(images), torch.stack(labels)
+
+
+@torch.no_grad()
+def measure(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    model.eval()
+    metric, found, among, items = SegMetric(NUM_CLASSES), 0, 0, 0
+    for x, y in zip(images.split(20), labels.split(20)):
+        logits = model(x)
+        pred, item = logits.argmax(1), (y > 0) & (y != IGNORE_INDEX)
+        metric.update(pred, y)
+        items += int(item.sum())
+        found += int((pred[item] > 0).sum())
+        among += int((logits[:, 1:].argmax(1)[item] + 1 == y[item]).sum())
+    model.train()
+    iou = [round(c["IoU"], 1) for c in metric.per_class().values()]
+    return {"mIoU": round(metric.summarize()["mIoU"], 2), "found": round(found / items, 3),
+            "among": round(among / items, 3), "IoU": iou}
+
+
+def weighted_loss(outputs: dict, labels: torch.Tensor, aux_weight: float, bg_weight: float) -> torch.Tensor:
+    """segmentation_loss with the background class weighted by `bg_weight` (mmseg's class_weight: the weighted
+    per-pixel losses averaged over all pixels)."""
+    if bg_weight == 1.0:
+        return segmentation_loss(outputs, labels, aux_weight)[0]
+    weight = torch.ones(NUM_CLASSES)
+    weight[0] = bg_weight
+    total = 0.0
+    for name, w in (("decode", 1.0), ("aux", aux_weight)):
+        if name in outputs:
+            logits = resize(outputs[name], labels.shape[-2:])
+            ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
+            total = total + w * ce.mean()
+    return total
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="data/scenes/ade", help="the scenes' ADE20K-layout copy")
+    p.add_argument("--init", default="runs/scenes/last.pt", help="backbone weights ('' for none)")
+    p.add_argument("--size", type=int, default=128, help="side the scenes are resized to")
+    p.add_argument("--channels", type=int, default=64, help="UPerHead width")
+    p.add_argument("--aux-channels", type=int, default=32, help="auxiliary FCNHead width")
+    p.add_argument("--cls-init", default="default", choices=("default", "normal"))
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--layer-decay", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--bg-weight", type=float, default=1.0, help="loss weight of the background class")
+    p.add_argument("--train", type=int, default=4000, help="training scenes to preload")
+    p.add_argument("--val", type=int, default=100, help="held-out scenes (and as many training scenes) to evaluate")
+    p.add_argument("--eval-every", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the curve as JSON here")
+    a = p.parse_args()
+    torch.manual_seed(a.seed)
+    root = Path(a.data)
+    x_train, y_train = load_split(root, "training", a.train, a.size)
+    x_val, y_val = load_split(root, "validation", a.val, a.size)
+    model = create_segmenter("upernet_convnext_atto", NUM_CLASSES, backbone_weights=a.init or None,
+                             channels=a.channels, aux_channels=a.aux_channels, cls_init=a.cls_init).train()
+    optim = OptimConfig(lr=a.lr, weight_decay=0.05, layer_decay=a.layer_decay, layer_decay_rule="stage_wise",
+                        layer_decay_layers=6)
+    opt = build_optimizer(model, optim, a.lr)
+    g = torch.Generator().manual_seed(a.seed)
+    curve, losses, t0 = [], [], time.perf_counter()
+    for step in range(a.steps):
+        set_lr(opt, lr_at(step, a.lr, a.steps, a.warmup, 0.0, schedule="poly", warmup_ratio=1e-6))
+        idx = torch.randint(len(x_train), (a.batch,), generator=g)
+        x, y = x_train[idx], y_train[idx]
+        flip = torch.rand(a.batch, generator=g) < 0.5
+        x, y = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
+        loss = weighted_loss(model(x), y, model.aux_weight, a.bg_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if (step + 1) % a.eval_every == 0 or step + 1 == a.steps:
+            row = {"step": step + 1, "loss": round(float(np.mean(losses[-50:])), 4),
+                   "s_per_step": round((time.perf_counter() - t0) / (step + 1), 3),
+                   "val": measure(model, x_val, y_val), "train": measure(model, x_train[:a.val], y_train[:a.val])}
+            curve.append(row)
+            v, t = row["val"], row["train"]
+            print(f"step {row['step']} loss {row['loss']:.3f} | held-out mIoU {v['mIoU']:.1f} found {v['found']:.2f} "
+                  f"among {v['among']:.2f} | training mIoU {t['mIoU']:.1f} among {t['among']:.2f}", flush=True)
+    if a.out:
+        setting = dict(device="cpu", precision="fp32", batch_size=a.batch, img_size=a.size, channels_last=False,
+                       compile="none", model="upernet_convnext_atto")
+        result = {**provenance(**setting), "args": vars(a), "curve": curve}
+        write_text(json.dumps(result, indent=2) + "\n", a.out)
+
+
+if __name__ == "__main__":
+    main()
