@@ -5,17 +5,19 @@
     OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/segmentation_demo_study.py --cls-init normal ...
 
 Not the demo (configs/scenes_seg.py runs through the engine): a bare loop on the scenes preloaded whole at one
-size (data/scenes/ade, `convnext data scenes`), flip only, so that one change at a time (init, head width,
-classifier init, lr, size, background weight) can be compared at equal steps, two runs side by side on one core
-each. AdamW with the demo's stage-wise layer decay and poly schedule. Each evaluation reports, on held-out scenes
-and on as many training scenes: mIoU, and two numbers that say which half of the task fails:
-`found`, the share of item pixels predicted as some item, and `among`, the share of item pixels whose best item
-class (the argmax over the item classes only) is right.
+size (data/scenes/ade, `convnext data scenes`), flip only unless asked (`--photometric`: mmseg's
+PhotoMetricDistortion per image; `--rescale LO HI`: each batch resized by a random ratio), so that one change at
+a time (init, head width, classifier init, lr, size, background weight, augmentation) can be compared at equal
+steps, two runs side by side on one core each. AdamW with the demo's stage-wise layer decay and poly schedule.
+Each evaluation reports, on held-out scenes and on as many training scenes: mIoU, and two numbers that say which
+half of the task fails: `found`, the share of item pixels predicted as some item, and `among`, the share of item
+pixels whose best item class (the argmax over the item classes only) is right.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import time
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from convnext.benchmark import provenance
 from convnext.checkpoint import write_text
 from convnext.config import OptimConfig
 from convnext.optim import build_optimizer, lr_at, set_lr
-from convnext.segmentation.data import normalize
+from convnext.segmentation.data import normalize, photometric_distortion
 from convnext.segmentation.evaluate import SegMetric
 from convnext.segmentation.models import IGNORE_INDEX, create_segmenter, resize, segmentation_loss
 
@@ -36,13 +38,13 @@ NUM_CLASSES = 11  # the scenes: background + Fashion-MNIST's 10
 
 
 def load_split(root: Path, split: str, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `n` scenes of a split, resized whole to size x size: normalised images and their labels."""
+    """The first `n` scenes of a split, resized whole to size x size: uint8 images and their labels."""
     files = sorted((root / "images" / split).iterdir())[:n]
     images, labels = [], []
     for f in files:
         img = Image.open(f).convert("RGB").resize((size, size), Image.BILINEAR)
         lab = Image.open(root / "annotations" / split / f"{f.stem}.png").resize((size, size), Image.NEAREST)
-        images.append(normalize(torch.from_numpy(np.array(img)).permute(2, 0, 1)))
+        images.append(torch.from_numpy(np.array(img)).permute(2, 0, 1))
         labels.append(torch.from_numpy(np.array(lab).astype(np.int64)))
     return torch.stack(images), torch.stack(labels)
 
@@ -52,7 +54,7 @@ def measure(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
     model.eval()
     metric, found, among, items = SegMetric(NUM_CLASSES), 0, 0, 0
     for x, y in zip(images.split(20), labels.split(20)):
-        logits = model(x)
+        logits = model(normalize(x))
         pred, item = logits.argmax(1), (y > 0) & (y != IGNORE_INDEX)
         metric.update(pred, y)
         items += int(item.sum())
@@ -94,6 +96,9 @@ def main():
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--bg-weight", type=float, default=1.0, help="loss weight of the background class")
+    p.add_argument("--photometric", action="store_true", help="mmseg's PhotoMetricDistortion on each image")
+    p.add_argument("--rescale", type=float, nargs=2, metavar=("LO", "HI"), help="resize each batch by a ratio in "
+                   "[LO, HI] (to a multiple of 32)")
     p.add_argument("--train", type=int, default=4000, help="training scenes to preload")
     p.add_argument("--val", type=int, default=100, help="held-out scenes (and as many training scenes) to evaluate")
     p.add_argument("--eval-every", type=int, default=300)
@@ -109,7 +114,7 @@ def main():
     optim = OptimConfig(lr=a.lr, weight_decay=0.05, layer_decay=a.layer_decay, layer_decay_rule="stage_wise",
                         layer_decay_layers=6)
     opt = build_optimizer(model, optim, a.lr)
-    g = torch.Generator().manual_seed(a.seed)
+    g, rng = torch.Generator().manual_seed(a.seed), random.Random(a.seed)
     curve, losses, t0 = [], [], time.perf_counter()
     for step in range(a.steps):
         set_lr(opt, lr_at(step, a.lr, a.steps, a.warmup, 0.0, schedule="poly", warmup_ratio=1e-6))
@@ -117,6 +122,13 @@ def main():
         x, y = x_train[idx], y_train[idx]
         flip = torch.rand(a.batch, generator=g) < 0.5
         x, y = torch.where(flip[:, None, None, None], x.flip(-1), x), torch.where(flip[:, None, None], y.flip(-1), y)
+        if a.photometric:
+            x = torch.stack([photometric_distortion(img, rng) for img in x])
+        x = normalize(x)
+        if a.rescale:
+            side = max(32, round(a.size * rng.uniform(*a.rescale) / 32) * 32)
+            x = resize(x, (side, side))
+            y = F.interpolate(y[:, None].float(), size=(side, side), mode="nearest")[:, 0].long()
         loss = weighted_loss(model(x), y, model.aux_weight, a.bg_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
