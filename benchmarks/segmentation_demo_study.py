@@ -66,22 +66,6 @@ def measure(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, floa
             "among": round(among / items, 3), "IoU": iou}
 
 
-def weighted_loss(outputs: dict, labels: torch.Tensor, aux_weight: float, bg_weight: float) -> torch.Tensor:
-    """segmentation_loss with the background class weighted by `bg_weight` (mmseg's class_weight: the weighted
-    per-pixel losses averaged over all pixels)."""
-    if bg_weight == 1.0:
-        return segmentation_loss(outputs, labels, aux_weight)[0]
-    weight = torch.ones(NUM_CLASSES)
-    weight[0] = bg_weight
-    total = 0.0
-    for name, w in (("decode", 1.0), ("aux", aux_weight)):
-        if name in outputs:
-            logits = resize(outputs[name], labels.shape[-2:])
-            ce = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_INDEX, reduction="none")
-            total = total + w * ce.mean()
-    return total
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/scenes/ade", help="the scenes' ADE20K-layout copy")
@@ -114,6 +98,7 @@ def main():
     optim = OptimConfig(lr=a.lr, weight_decay=0.05, layer_decay=a.layer_decay, layer_decay_rule="stage_wise",
                         layer_decay_layers=6)
     opt = build_optimizer(model, optim, a.lr)
+    class_weight = None if a.bg_weight == 1.0 else torch.tensor([a.bg_weight] + [1.0] * (NUM_CLASSES - 1))
     g, rng = torch.Generator().manual_seed(a.seed), random.Random(a.seed)
     curve, losses, t0 = [], [], time.perf_counter()
     for step in range(a.steps):
@@ -129,7 +114,7 @@ def main():
             side = max(32, round(a.size * rng.uniform(*a.rescale) / 32) * 32)
             x = resize(x, (side, side))
             y = F.interpolate(y[:, None].float(), size=(side, side), mode="nearest")[:, 0].long()
-        loss = weighted_loss(model(x), y, model.aux_weight, a.bg_weight)
+        loss = segmentation_loss(model(x), y, model.aux_weight, class_weight)[0]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -133,6 +133,12 @@ def test_loss_is_mmsegs():
                                                   ignore_index=255)
     all_ignored = torch.full_like(labels, 255)
     assert segmentation_loss({"decode": decode}, all_ignored)[0] == 0
+    # class_weight (mmseg's): each pixel's loss times its label's weight, still over all pixels
+    weight = torch.tensor([0.0, 1.0, 2.0, 1.0])
+    up = F.interpolate(decode, size=(32, 32), mode="bilinear", align_corners=False)
+    per_pixel = F.cross_entropy(up, labels, ignore_index=255, reduction="none")
+    want = (per_pixel * weight[labels.clamp(max=3)] * (labels != 255)).sum() / labels.numel()
+    torch.testing.assert_close(segmentation_loss({"decode": decode}, labels, class_weight=weight)[0], want)
 
 
 # ------------------------------------------------------------------------------------------ layer decay

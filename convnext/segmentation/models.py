@@ -211,17 +211,20 @@ class Segmenter(nn.Module):
         return resize(logits, x.shape[-2:])
 
 
-def segmentation_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                      aux_weight: float = 0.4) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def segmentation_loss(outputs: dict[str, torch.Tensor], labels: torch.Tensor, aux_weight: float = 0.4,
+                      class_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """mmseg 0.x's decode-head loss for each head: its logits resized to the labels' size (bilinear,
     align_corners=False) and cross-entropy with ignore index 255, *averaged over all pixels*, the ignored ones
     counting as 0 (mmseg's CrossEntropyLoss before v0.23's `avg_non_ignore`, which the official code ran);
-    the auxiliary head's loss weighted by `aux_weight`. Returns (total, {"loss_decode", "loss_aux"})."""
+    the auxiliary head's loss weighted by `aux_weight`. `class_weight` (K,): mmseg's CrossEntropyLoss option, each
+    pixel's loss times its label's weight, still averaged over all pixels. Returns (total, {"loss_decode",
+    "loss_aux"})."""
     terms = {}
     for name, weight in (("decode", 1.0), ("aux", aux_weight)):
         if name in outputs:
             logits = resize(outputs[name].float(), labels.shape[-2:])  # in fp32: 150-way softmax under fp16
-            ce = F.cross_entropy(logits, labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
+            ce = F.cross_entropy(logits, labels.long(), weight=class_weight, ignore_index=IGNORE_INDEX,
+                                 reduction="none")
             terms[f"loss_{name}"] = weight * ce.mean()
     return sum(terms.values()), terms
 
@@ -240,7 +243,7 @@ DEFAULTS = dict(
     aux_weight=0.4,  # the auxiliary loss weight; 0: no auxiliary head
     dropout=0.1,
     # the heads' 1x1 classifiers: "normal" (mmseg's std 0.01) or "default" (PyTorch's, ~7x larger at 64 channels:
-    # configs/scenes_seg.py, where 0.01 kept every pixel "background" for the first ~600 steps of a short run)
+    # configs/scenes_seg.py, where 0.01 learnt more slowly in a short high-lr run; RESULTS.md)
     cls_init="normal",
     grad_checkpointing=False,
 )
