@@ -165,7 +165,8 @@ def load_backbone_weights(backbone: ConvNeXtBackbone, source: str | os.PathLike,
             continue
         if v.shape != own[k].shape:
             if k == "downsample_layers.0.0.weight" and v.shape[1] != own[k].shape[1] and v.shape[0] == own[k].shape[0]:
-                v = v.repeat(1, -(-own[k].shape[1] // v.shape[1]), 1, 1)[:, : own[k].shape[1]] * v.shape[1] / own[k].shape[1]
+                have, want = v.shape[1], own[k].shape[1]
+                v = v.repeat(1, -(-want // have), 1, 1)[:, :want] * have / want
                 report.adapted.append(f"{k} ({sd[k].shape[1]} -> {own[k].shape[1]} input channels)")
             else:
                 raise UserError(f"{report.source} does not fit the {backbone.arch} backbone: {k} has shape "

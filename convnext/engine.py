@@ -24,6 +24,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import json
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from itertools import islice
@@ -180,6 +181,9 @@ def start(task: Task, cfg: Config, out: Path, resume: bool, d: distributed.Dist)
             "git_commit": commit, "torch": str(torch.__version__)}
     ddp = model
     if d.enabled:
+        # A depthwise conv's weight gradient can come back with another stride on its size-1 dimension (the same
+        # memory layout); DDP warns on every such parameter though nothing is slower.
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     net = torch.compile(ddp) if t.compile else ddp
     stop = min(der.total_steps, t.max_steps) if t.max_steps else der.total_steps

@@ -46,12 +46,13 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import FeaturePyramidNetwork, roi_align
+from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from convnext.backbone import ConvNeXtBackbone, load_backbone_weights
 from convnext.checkpoint import read_checkpoint
 from convnext.detection.cascade import CascadeRoIHeads
+from convnext.detection.roi_align import roi_align
 from convnext.errors import UserError
 from convnext.model import VARIANTS
 from convnext.preprocessing import IMAGENET_MEAN, IMAGENET_STD
