@@ -17,7 +17,7 @@ multi-scale policies scaled down; crops of 96-144 px from 128/144/160) and teste
 the box head's two FCs 256 (the recipe's 1024 is sized for 80 classes), 64 RoIs per image (the recipe's 512 is
 for COCO's ~7 objects per image at 800 px); 2,500 steps of 4 images (2.5 passes over the 4,000 scenes) at an lr
 given for batch 16 and scaled, x0.1 at 3/4 and 11/12 of the run as the 3x schedule's 27 and 33 of 36; fp32.
-`data.batch_size` is per process: the demo runs two processes of one thread each (torchrun, gloo; 10 img/s on the
+`data.batch_size` is per process: the demo runs two processes of one thread each (torchrun, gloo; 9.2 img/s on the
 2 cores against 7 for one process of two threads), so a step is 4 images. Run as one process (`convnext train`),
 it is a run of batch 2 (the lr scaled to it), not the same run; `data.batch_size=4` gives the 4-image step there.
 Fewer steps cost the bar: 1,700 / 2,000 steps (the schedule scaled) gave box AP50 47.8 / 49.0 (RESULTS.md).
