@@ -2,11 +2,11 @@
 offline detection or segmentation demo, or the FCMAE / V2 fine-tuning demos.
 
     .venv/bin/python benchmarks/demo_time.py [--out benchmarks/results/demo.json] [KEY=VALUE ...]
-    .venv/bin/python benchmarks/demo_time.py --config scenes --data data/scenes --nproc 2 --out benchmarks/results/scenes.json
+    .venv/bin/python benchmarks/demo_time.py --config scenes --data data/scenes --nproc 2 --out scenes.json
     .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --out benchmarks/results/seg.json
 
-Runs `convnext train --config CONFIG` in a fresh process (`--nproc N`: N processes under torchrun, as the
-detection demo runs) (set-up excluded: the venv and data are in place),
+Runs `convnext train --config CONFIG` in a fresh process, or N under torchrun with `--nproc N` (as the detection
+demo runs; set-up excluded: the venv and data are in place),
 measures the wall-clock time from launch to exit (start-up, data loading, training and every evaluation
 included), and reads the run's final metrics from its summary.json (top-1 on the 10,000 Fashion-MNIST test
 images; box and mask AP, or mIoU / mAcc / aAcc, on the held-out scenes).

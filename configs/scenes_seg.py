@@ -6,7 +6,7 @@ the backbone of the offline detection demo (itself started from the classificati
 
     convnext train --config demo --out runs/demo                        # the classifier that starts the detector
     convnext data scenes --out data/scenes                              # also writes data/scenes/ade (per-pixel labels)
-    convnext train --config scenes --data data/scenes --out runs/scenes # Mask R-CNN: its backbone starts this run
+    torchrun --standalone --nproc_per_node=2 -m convnext train --config scenes --data data/scenes --out runs/scenes
     convnext train --config scenes_seg --data data/scenes/ade --out runs/scenes_seg
     convnext segment data/scenes/ade/images/validation --checkpoint runs/scenes_seg/last.pt --out runs/scenes_seg/drawn
 

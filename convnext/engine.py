@@ -181,8 +181,8 @@ def start(task: Task, cfg: Config, out: Path, resume: bool, d: distributed.Dist)
             "git_commit": commit, "torch": str(torch.__version__)}
     ddp = model
     if d.enabled:
-        # A depthwise conv's weight gradient can come back with another stride on its size-1 dimension (the same
-        # memory layout); DDP warns on every such parameter though nothing is slower.
+        # A depthwise conv's weight gradient can come back with another stride on its size-1 dimension: the same
+        # memory layout, which DDP's stride check still warns about, once per such parameter.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
         ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     net = torch.compile(ddp) if t.compile else ddp

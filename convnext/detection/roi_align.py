@@ -1,11 +1,11 @@
 """RoIAlign whose CPU backward is matrix products: torchvision.ops.roi_align's numbers, in parallel.
 
 torchvision's CPU RoIAlign backward goes through the RoIs one after another on one thread and scatters every
-bilinear sample on its own: in the offline detection demo (configs/scenes.py) it was a fifth of a training step on
-a 2-core CPU. RoIAlign is separable, though. Every sample's bilinear weight is a row weight times a column weight,
-the validity test (a sample more than one pixel outside the map contributes nothing) is a row test and a column
-test, and the average over a bin's sampling grid is an average over its rows times one over its columns. So for
-one RoI and one channel,
+bilinear sample on its own: in the offline detection demo (configs/scenes.py) it was the largest single op of a
+training step on a 2-core CPU (RESULTS.md). RoIAlign is separable, though. Every sample's bilinear weight is a
+row weight times a column weight, the validity test (a sample more than one pixel outside the map contributes
+nothing) is a row test and a column test, and the average over a bin's sampling grid is an average over its rows
+times one over its columns. So for one RoI and one channel,
 
     out[p, q] = sum_{h, w} Ay[p, h] * F[h, w] * Ax[q, w]
 
@@ -83,7 +83,7 @@ class _SeparableRoIAlign(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input: Tensor, boxes: Tensor, ph: int, pw: int, scale: float, sampling_ratio: int,
                 aligned: bool) -> Tensor:
-        n, c, h, w = input.shape
+        _, c, h, w = input.shape
         out = tv_roi_align(input, boxes, (ph, pw), scale, sampling_ratio, aligned)  # its forward is quick enough
         ctx.shape = input.shape
         if not ctx.needs_input_grad[0]:
