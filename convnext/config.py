@@ -75,6 +75,10 @@ class DataConfig:
     det_crop_scales: tuple[int, ...] = (400, 500, 600)
     det_crop_size: tuple[int, int] = (384, 600)  # mmdet RandomCrop(crop_type="absolute_range")
     det_test_scale: int = 800
+    # One short side from det_scales per optimizer step, shared by its images on every process (the last resize of
+    # either policy; the crop policy's first resize still draws per image); mmdet draws per image. A batch is padded
+    # to its largest image and under DDP the slowest process sets the pace, so per-image sizes cost time on a CPU.
+    det_step_scale: bool = False
     train_split: str = "train2017"
     eval_split: str = "val2017"
     # Segmentation (dataset=ade20k: root/images/<split>/ + root/annotations/<split>/, splits training / validation;

@@ -184,7 +184,10 @@ def start(task: Task, cfg: Config, out: Path, resume: bool, d: distributed.Dist)
         # A depthwise conv's weight gradient can come back with another stride on its size-1 dimension: the same
         # memory layout, which DDP's stride check still warns about, once per such parameter.
         warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+        # gradients as views into DDP's buckets: no copy into the buckets before each all-reduce, no second copy of
+        # the gradients in memory (on the 2-core CPU the step rate is the same within the noise: benchmarks/ddp_step.py)
+        ddp = nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None,
+                                                  gradient_as_bucket_view=True)
     net = torch.compile(ddp) if t.compile else ddp
     stop = min(der.total_steps, t.max_steps) if t.max_steps else der.total_steps
     run = Run(task, cfg, der, out, rt, data, model, net, ddp, ema, optimizer, scaler, meta, stop)

@@ -176,6 +176,24 @@ def test_batches_are_deterministic_and_resumable(scenes):
     assert same(first, run(build_coco_data(cfg_for(scenes[0], workers=1)), 0, range(3)))
 
 
+def test_step_scale_gives_every_image_of_a_step_one_short_side_on_every_process(scenes):
+    def short_sides(data, epoch, world, rank):
+        return [{min(img.shape[-2:]) for img in images}
+                for images, _ in data.train_batches(epoch, range(4), 1, world, rank)]
+
+    # no long-side cap in reach (crops at most 1.5:1 at 160 is 240), so every short side is the drawn scale
+    cfg = cfg_for(scenes[0], batch_size=1, det_step_scale=True, det_max_size=1000)
+    per_rank = [short_sides(build_coco_data(cfg), 0, 2, r) for r in range(2)]
+    assert all(len(a) == 1 and a == b for a, b in zip(*per_rank))  # one side per step, the same on both processes
+    sides = [a.pop() for a in per_rank[0]]
+    assert set(sides) <= set(SMALL["det_scales"]) and len(set(sides)) > 1  # drawn anew from step to step
+    assert sides == [a.pop() for a in short_sides(build_coco_data(cfg), 0, 2, 1)]  # deterministic
+    assert sides != [a.pop() for a in short_sides(build_coco_data(cfg), 1, 2, 0)]  # another epoch, other draws
+    # without it, the images of one step differ in scale
+    cfg = cfg_for(scenes[0], batch_size=4, det_max_size=1000)
+    assert any(len(s) > 1 for e in range(3) for s in short_sides(build_coco_data(cfg), e, 1, 0))
+
+
 # ---------------------------------------------------------------------------------- the transform's geometry
 
 

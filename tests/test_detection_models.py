@@ -183,6 +183,15 @@ def test_detector_names_and_settings():
     assert [h.shared_fcs[0].out_features for h in cascade.roi_heads.box_heads] == [64, 64, 64]
     assert [h.fc_cls.in_features for h in cascade.roi_heads.box_heads] == [64, 64, 64]
 
+    # the mask heads' 3x3 convs: the configs' 4 by default, fewer when asked, in every mask head
+    def mask_convs(model):
+        heads = [model.roi_heads.mask_head] if hasattr(model.roi_heads, "mask_head") else model.roi_heads.mask_heads
+        return [sum(isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3) for m in h.modules()) for h in heads]
+    assert mask_convs(mrcnn) == [4] and mask_convs(cascade) == [4, 4, 4]
+    assert mask_convs(create_detector("mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32, mask_convs=2)) == [2]
+    cascade = create_detector("cascade_mask_rcnn_convnext_atto", num_classes=3, fpn_channels=32, mask_convs=1)
+    assert mask_convs(cascade) == [1, 1, 1]
+
 
 def _scene(h=96, w=128):
     """Two boxes and their masks on random pixels."""

@@ -35,13 +35,15 @@ def test_equals_torchvision_forward_and_backward(aligned, sampling_ratio, shape,
 
 
 def test_backward_in_chunks_and_channels_last(monkeypatch):
-    """Many small chunks (the memory bound) give the same gradient; a channels-last map gets one back."""
+    """Many groups (RoIs of similar size) and small chunks (the memory bound) give the same gradient; a
+    channels-last map gets one back."""
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 6, 24, 24, generator=gen).to(memory_format=torch.channels_last).requires_grad_()
     boxes = _boxes(30, 2, 24, 24, 4, gen)
     grad = torch.randn(30, 6, 7, 7, generator=gen)
     (g_ref,) = torch.autograd.grad(tv_roi_align(x, boxes, 7, 0.25, 0, True), x, grad)
-    monkeypatch.setattr(ra, "WINDOW_ELEMENTS", 6 * 8 * 8 * 3)  # one RoI per chunk here (the whole-map box sets the window)
+    monkeypatch.setattr(ra, "GROUP", 7)
+    monkeypatch.setattr(ra, "WINDOW_ELEMENTS", 6 * 8 * 8 * 3)  # a few RoIs per chunk, one for the largest
     (g_ours,) = torch.autograd.grad(ra.roi_align(x, boxes, 7, 0.25, 0, True), x, grad)
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-5, atol=1e-5)
     assert g_ours.is_contiguous(memory_format=torch.channels_last)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 
 import pytest
 import torch
@@ -98,6 +99,15 @@ def test_detect_and_eval_commands(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
                  "--img-size", "64"]) == 0
     assert "short side 64" in capsys.readouterr().out
+    # test-time settings replaced: one detection per image at most
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
+                 "--detector", "box_detections_per_img=1", "rpn_post_nms_top_n_test=50", "--results",
+                 str(tmp_path / "r1.json")]) == 0
+    per_image = Counter(r["image_id"] for r in json.loads((tmp_path / "r1.json").read_text()))
+    assert per_image and max(per_image.values()) == 1
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--detector", "no_such=1"]) == 2
+    assert "no_such" in capsys.readouterr().err
 
 
 def test_bad_input_is_one_sentence(scenes, tmp_path):

@@ -20,7 +20,7 @@ from convnext.config import DataConfig
 from convnext.data import build_data
 from convnext.detection.data import build_coco_data
 from convnext.detection.evaluate import CocoEvaluator
-from convnext.detection.models import load_detector
+from convnext.detection.models import load_detector, parse_settings
 from convnext.errors import UserError
 from convnext.evaluate import evaluate
 from convnext.robustness import evaluate_suite, plot, table
@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="detectors: the COCO split to evaluate (default val2017); segmenters: the "
                    "ADE20K-layout split (default validation)")
     p.add_argument("--multi-scale", action="store_true", help="segmenters: ratios 0.5-1.75 and flip (Table 4)")
+    p.add_argument("--detector", nargs="+", default=[], metavar="NAME=VALUE", help="detectors: settings replacing "
+                   "the checkpoint's, test-time ones (e.g. rpn_post_nms_top_n_test=300 box_detections_per_img=50)")
     p.add_argument("--results", metavar="PATH", help="detectors: also write the detections as a COCO results json")
     p.add_argument("--suite", choices=list(SUITES), help="a robustness set of paper Table 8, DATA in its released "
                    "layout: top-1 (A, R, Sketch), mCE (C), mean error (C-bar)")
@@ -64,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         task = (obj.get("meta") or {}).get("task")
         if task == "detection":
             return run_detection(args)
+    if args.detector:
+        raise UserError(f"--detector sets a detector's settings; {args.checkpoint or args.pretrained} is not a "
+                        f"detector checkpoint of ours")
         if task == "segmentation" or "decode_head.conv_seg.weight" in (obj.get("state_dict") or {}):
             return run_segmentation(args)
     d = distributed.setup(common.device(args))
@@ -96,7 +101,7 @@ def run_detection(args: argparse.Namespace) -> int:
     """COCO box and mask AP of a detector's checkpoint on DATA's `--split`, at the checkpoint's test scale."""
     d = distributed.setup(common.device(args))
     try:
-        model = load_detector(args.checkpoint, ema=args.ema).to(d.device)
+        model = load_detector(args.checkpoint, ema=args.ema, **parse_settings(args.detector)).to(d.device)
         if args.img_size:  # another test scale than the checkpoint's (its short side; the long side cap stays)
             model.transform.min_size = (args.img_size,)
         # the data resize at the model's own test scale, which the model's transform then leaves as it is

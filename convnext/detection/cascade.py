@@ -274,7 +274,7 @@ class CascadeRoIHeads(nn.Module):
                  batch_size_per_image: int = 512, positive_fraction: float = 0.25, score_thresh: float = 0.05,
                  nms_thresh: float = 0.5, detections_per_img: int = 100, giou_weight: float = 10.0,
                  with_mask: bool = True, box_roi_pool: nn.Module | None = None,
-                 mask_roi_pool: nn.Module | None = None, fc_channels: int = FC_CHANNELS):
+                 mask_roi_pool: nn.Module | None = None, fc_channels: int = FC_CHANNELS, mask_convs: int = 4):
         super().__init__()
         if num_classes < 1:
             raise ValueError(f"num_classes counts object classes without background and must be >= 1, "
@@ -303,7 +303,8 @@ class CascadeRoIHeads(nn.Module):
                 mask_roi_pool = MultiScaleRoIAlign(names, MASK_ROI_SIZE, sampling_ratio=0)
             self.mask_roi_pool = mask_roi_pool
             check_pool_size(self.mask_roi_pool, MASK_ROI_SIZE, "mask_roi_pool")
-            self.mask_heads = nn.ModuleList(MaskHead(num_classes, out_channels, out_channels) for _ in stage_iou)
+            self.mask_heads = nn.ModuleList(MaskHead(num_classes, out_channels, out_channels, mask_convs)
+                                            for _ in stage_iou)
 
     def forward(self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:

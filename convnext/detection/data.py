@@ -250,24 +250,25 @@ def random_crop(img, boxes, masks, crop_size: tuple[int, int], rng: random.Rando
     return img[:, y0: y0 + ch, x0: x0 + cw], b[keep], masks[keep][:, y0: y0 + ch, x0: x0 + cw], keep
 
 
-def train_transform(img, boxes, masks, cfg, rng: random.Random):
+def train_transform(img, boxes, masks, cfg, rng: random.Random, scale: int | None = None):
     """The official train_pipeline: RandomFlip(cfg.hflip), then AutoAugment picks one policy with probability 1/2:
     (a) Resize(keep_ratio) to a short side from det_scales (long side <= det_max_size);
     (b) Resize to a short side from det_crop_scales, RandomCrop(absolute_range det_crop_size), Resize(override) to
         a short side from det_scales (long side <= det_max_size).
+    `scale`, when given, replaces the short side drawn from det_scales (data.det_step_scale; drawn all the same).
     img (3, H, W) uint8 (or float), boxes (N, 4) xyxy float32, masks (N, H, W) uint8 -> the same, and the indices
     (into the N inputs) of the instances kept, for their labels."""
     keep = torch.arange(len(boxes))
     if rng.random() < cfg.hflip:
         img, boxes, masks = flip(img, boxes, masks)
     if rng.random() < 0.5:  # AutoAugment: np.random.choice(policies), two policies
-        s = rng.choice(cfg.det_scales)
+        s = rng.choice(cfg.det_scales) if scale is None else scale
         img, boxes, masks = resize(img, boxes, masks, rescale_size(*img.shape[-2:], s, cfg.det_max_size))
     else:
         s = rng.choice(cfg.det_crop_scales)
         img, boxes, masks = resize(img, boxes, masks, rescale_size(*img.shape[-2:], s, cfg.det_max_size))
         img, boxes, masks, keep = random_crop(img, boxes, masks, cfg.det_crop_size, rng)
-        s = rng.choice(cfg.det_scales)
+        s = rng.choice(cfg.det_scales) if scale is None else scale
         img, boxes, masks = resize(img, boxes, masks, rescale_size(*img.shape[-2:], s, cfg.det_max_size))
     return img, boxes, masks, keep
 
@@ -276,9 +277,10 @@ def train_transform(img, boxes, masks, cfg, rng: random.Random):
 
 
 class _Samples(Dataset):
-    """Records of one split; an index is (record, seed). Training records give (image, target): as stored when
-    seed is None, else augmented from random.Random(seed); evaluation records give (image, meta). A file that
-    cannot be used comes back as (None, path, reason), for the main process to report or count."""
+    """Records of one split; an index is (record, seed, scale). Training records give (image, target): as stored
+    when seed is None, else augmented from random.Random(seed) (at short side `scale` when not None); evaluation
+    records give (image, meta). A file that cannot be used comes back as (None, path, reason), for the main process
+    to report or count."""
 
     def __init__(self, records: Packed, img_dir: Path, cfg, train: bool):
         self.records, self.img_dir, self.cfg, self.train = records, img_dir, cfg, train
@@ -287,7 +289,7 @@ class _Samples(Dataset):
         return len(self.records)
 
     def __getitem__(self, key):
-        i, seed = key
+        i, seed, scale = key
         image_id, file_name, h, w, *ann = self.records[i]
         path = str(self.img_dir / file_name)
         try:
@@ -306,7 +308,7 @@ class _Samples(Dataset):
         boxes, masks = torch.from_numpy(boxes), torch.from_numpy(np.stack(masks))
         keep = torch.arange(len(boxes))
         if seed is not None:
-            img, boxes, masks, keep = train_transform(img, boxes, masks, self.cfg, random.Random(seed))
+            img, boxes, masks, keep = train_transform(img, boxes, masks, self.cfg, random.Random(seed), scale)
         target = {"boxes": boxes, "labels": torch.from_numpy(labels)[keep], "masks": masks, "image_id": image_id}
         return img.float().div_(255), target, None
 
@@ -392,7 +394,7 @@ class CocoData:
 
     def train_sample(self, i: int, seed: int | None = None):
         """Training record i as (image, target): as stored when seed is None, else augmented with that seed."""
-        img, target, err = _Samples(self.train_records, self.train_dir, self.cfg, True)[i, seed]
+        img, target, err = _Samples(self.train_records, self.train_dir, self.cfg, True)[i, seed, None]
         self.skipped += check_bad_files([(target, err)] if err else [], self.cfg.skip_bad_images)
         return img, target
 
@@ -400,20 +402,27 @@ class CocoData:
         """(images: list of (3, H, W) float [0, 1], targets: list of {"boxes" (N, 4) xyxy float32, "labels" (N,)
         int64 in 1..K, "masks" (N, H, W) uint8, "image_id"}) per micro-batch of this rank."""
         perm = epoch_permutation(self.num_train, self.seed, epoch).tolist()
-        batches = [[(perm[p], sample_seed(self.seed, epoch, p)) for p in range(sl.start, min(sl.stop, len(perm)))]
-                   for _, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
+        batches = [[(perm[p], sample_seed(self.seed, epoch, p), self._step_scale(epoch, t))
+                    for p in range(sl.start, min(sl.stop, len(perm)))]
+                   for t, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
         dataset = _Samples(self.train_records, self.train_dir, self.cfg, True)
         for images, targets, bad in load_files(dataset, [b for b in batches if b], _collate, self.cfg.workers):
             self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
             if images:
                 yield images, targets
 
+    def _step_scale(self, epoch: int, step: int) -> int | None:
+        """Step `step` of `epoch`'s short side under data.det_step_scale (the same on every process), else None."""
+        if not self.cfg.det_step_scale:
+            return None
+        return random.Random(f"step-scale/{self.seed}/{epoch}/{step}").choice(self.cfg.det_scales)
+
     def eval_batches(self, world: int, rank: int, limit: int = 0) -> Iterator:
         """(images at their original size, (3, H, W) float [0, 1], metas: list of {"image_id", "orig_size": (h, w)})
         of this rank's shard (rank::world) of all evaluation images, or of a fixed subset of `limit`."""
         idx = subset_indices(self.num_eval, limit)[rank::world].tolist()
         bs = self.cfg.batch_size
-        batches = [[(i, None) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
+        batches = [[(i, None, None) for i in idx[j: j + bs]] for j in range(0, len(idx), bs)]
         dataset = _Samples(self.eval_records, self.eval_dir, self.cfg, False)
         for images, metas, bad in load_files(dataset, batches, _collate, self.cfg.workers):
             self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)

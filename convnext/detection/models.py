@@ -240,6 +240,7 @@ DEFAULTS = dict(
     rpn_nms_thresh=0.7, rpn_batch_size_per_image=256, rpn_positive_fraction=0.5,
     box_batch_size_per_image=512, box_positive_fraction=0.25,
     box_fc_channels=1024,  # the box heads' FC width (mmdet fc_out_channels: 2 FCs in Mask R-CNN, 1 per cascade stage)
+    mask_convs=4,  # the mask heads' 3x3 convs before the deconv (mmdet FCNMaskHead num_convs)
     box_score_thresh=0.05, box_nms_thresh=0.5, box_detections_per_img=100,
     grad_checkpointing=False,
 )
@@ -321,14 +322,14 @@ def detector_on(body: nn.Module, method: str, num_classes: int = 80, **overrides
         roi_heads = CascadeRoIHeads(num_classes, out_channels=c, box_roi_pool=box_pool, mask_roi_pool=mask_pool,
                                     batch_size_per_image=s["box_batch_size_per_image"],
                                     positive_fraction=s["box_positive_fraction"], fc_channels=s["box_fc_channels"],
-                                    **test)
+                                    mask_convs=s["mask_convs"], **test)
     else:
         roi_heads = MaskRCNNRoIHeads(
             box_pool, TwoMLPHead(c * 7 * 7, s["box_fc_channels"]),
             FastRCNNPredictor(s["box_fc_channels"], num_classes + 1),
             fg_iou_thresh=0.5, bg_iou_thresh=0.5, batch_size_per_image=s["box_batch_size_per_image"],
             positive_fraction=s["box_positive_fraction"], bbox_reg_weights=(10.0, 10.0, 5.0, 5.0), **test,
-            mask_roi_pool=mask_pool, mask_head=MaskRCNNHeads(c, [c] * 4, 1),  # the config: 256 = FPN width
+            mask_roi_pool=mask_pool, mask_head=MaskRCNNHeads(c, [c] * s["mask_convs"], 1),  # the config: 4 x 256
             mask_predictor=MaskRCNNPredictor(c, c, num_classes + 1))
     # _skip_resize: in training the data pipeline has resized (multi-scale); at test the transform resizes
     transform = GeneralizedRCNNTransform(s["min_size"], s["max_size"], list(s["image_mean"]), list(s["image_std"]),
@@ -338,9 +339,10 @@ def detector_on(body: nn.Module, method: str, num_classes: int = 80, **overrides
     return model
 
 
-def load_detector(path: str | os.PathLike, *, ema: bool = False) -> GeneralizedRCNN:
+def load_detector(path: str | os.PathLike, *, ema: bool = False, **settings) -> GeneralizedRCNN:
     """A detector from one of our checkpoints (a detection run's best.pt / last.pt / best_ema.pt), in eval mode,
-    with `model.class_names` and `model.category_ids` from its meta."""
+    with `model.class_names` and `model.category_ids` from its meta. `settings` replace the checkpoint's
+    create_detector settings: test-time ones (`rpn_post_nms_top_n_test=300`, `box_score_thresh=0.3`, ...)."""
     obj = read_checkpoint(path)
     meta = obj.get("meta") or {}
     if meta.get("task") != "detection":
@@ -349,7 +351,7 @@ def load_detector(path: str | os.PathLike, *, ema: bool = False) -> GeneralizedR
     key = "model_ema" if ema else "model"
     if key not in obj:
         raise UserError(f"{path} has no EMA weights; leave out the EMA option")
-    model = create_detector(meta["arch"], meta["num_classes"], **meta.get("settings", {}))
+    model = create_detector(meta["arch"], meta["num_classes"], **{**meta.get("settings", {}), **settings})
     try:
         model.load_state_dict(obj[key])
     except RuntimeError as e:

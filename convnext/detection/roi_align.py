@@ -11,8 +11,9 @@ times one over its columns. So for one RoI and one channel,
 
 with Ay (pooled height x H) holding, for output row p, the averaged bilinear row weights of that bin's samples,
 and Ax likewise for columns, and the gradient is dF = Ay^T dout Ax. Only the window of rows and columns a RoI's
-samples touch is non-zero, so Ay and Ax are kept over one window size (the largest any RoI needs); the backward
-is two batched products per chunk of RoIs and one scatter-add of the windows into the map. Sample positions,
+samples touch is non-zero, so Ay and Ax are kept over windows: RoIs sorted by size, in groups that each share
+the window size the largest of them needs; the backward is two batched products per group (or chunk of one) and
+one scatter-add of the windows into the map. Sample positions,
 grid sizes (`sampling_ratio <= 0`: ceil(roi size / output size) per RoI), the `aligned` half-pixel shift and the
 border rules are torchvision's (`roi_align_kernel.cpp`); tests compare both directions with it. The forward is
 torchvision's own (quick enough: it does no scattering).
@@ -26,6 +27,7 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
 WINDOW_ELEMENTS = 1 << 23  # the backward takes RoIs in chunks whose windows hold at most this many values (32 MiB)
+GROUP = 32  # RoIs sorted by size share a window size in groups of this many
 
 
 def roi_align(input: Tensor, boxes: Tensor, output_size: int | tuple[int, int], spatial_scale: float = 1.0,
@@ -89,13 +91,18 @@ class _SeparableRoIAlign(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return out
         boxes = boxes.detach().to(input.dtype)
-        ay, y0 = _axis_weights(boxes[:, 2], boxes[:, 4], h, ph, sampling_ratio, aligned, scale)
-        ax, x0 = _axis_weights(boxes[:, 1], boxes[:, 3], w, pw, sampling_ratio, aligned, scale)
-        kh, kw = ay.shape[2], ax.shape[2]
-        rows = boxes[:, 0].to(torch.int64)[:, None] * h + y0[:, None] + torch.arange(kh)[None]
-        index = rows[:, :, None] * w + x0[:, None, None] + torch.arange(kw)[None, None]  # (R, kh, kw) in flat
-        ctx.save_for_backward(ay, ax, index)
-        ctx.chunk = max(1, WINDOW_ELEMENTS // (kh * kw * c))
+        # RoIs in groups of similar size, each with its own window: one window for all would be the largest RoI's
+        size = torch.maximum(boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2])
+        saved = []
+        for idx in torch.argsort(size).split(GROUP):
+            b = boxes[idx]
+            ay, y0 = _axis_weights(b[:, 2], b[:, 4], h, ph, sampling_ratio, aligned, scale)
+            ax, x0 = _axis_weights(b[:, 1], b[:, 3], w, pw, sampling_ratio, aligned, scale)
+            kh, kw = ay.shape[2], ax.shape[2]
+            rows = b[:, 0].to(torch.int64)[:, None] * h + y0[:, None] + torch.arange(kh)[None]
+            index = rows[:, :, None] * w + x0[:, None, None] + torch.arange(kw)[None, None]  # (r, kh, kw) in flat
+            saved += [idx, ay, ax, index]
+        ctx.save_for_backward(*saved)
         ctx.channels_last = input.is_contiguous(memory_format=torch.channels_last) and not input.is_contiguous()
         return out
 
@@ -104,14 +111,16 @@ class _SeparableRoIAlign(torch.autograd.Function):
         if not ctx.needs_input_grad[0]:
             return (None,) * 7
         n, c, h, w = ctx.shape
-        ay, ax, index = ctx.saved_tensors
-        kh, kw, chunk = ay.shape[2], ax.shape[2], ctx.chunk
+        saved = ctx.saved_tensors
         flat = grad.new_zeros((n * h * w, c))
-        for s in range(0, len(ay), chunk):
-            r = len(ay[s:s + chunk])
-            t = torch.einsum("rcpq,rqw->rpwc", grad[s:s + chunk], ax[s:s + chunk]).reshape(r, ay.shape[1], kw * c)
-            window = torch.bmm(ay[s:s + chunk].transpose(1, 2), t).view(r * kh * kw, c)
-            flat.scatter_add_(0, index[s:s + chunk].reshape(-1, 1).expand(-1, c), window)
+        for idx, ay, ax, index in zip(saved[0::4], saved[1::4], saved[2::4], saved[3::4]):
+            g, kh, kw = grad[idx], ay.shape[2], ax.shape[2]
+            chunk = max(1, WINDOW_ELEMENTS // (kh * kw * c))
+            for s in range(0, len(idx), chunk):
+                r = len(ay[s:s + chunk])
+                t = torch.einsum("rcpq,rqw->rpwc", g[s:s + chunk], ax[s:s + chunk]).reshape(r, ay.shape[1], kw * c)
+                window = torch.bmm(ay[s:s + chunk].transpose(1, 2), t).view(r * kh * kw, c)
+                flat.scatter_add_(0, index[s:s + chunk].reshape(-1, 1).expand(-1, c), window)
         grad_input = flat.view(n, h, w, c).permute(0, 3, 1, 2)
         if not ctx.channels_last:
             grad_input = grad_input.contiguous()
