@@ -19,7 +19,7 @@ largest image and the process with the larger images sets the pace. FPN and head
 head's two FCs 256 (the recipe's 1024 is sized for 80 classes), the mask head's 3 x 3 convs 2 instead of 4 (50.3
 against 51.0 box AP50 at 2,200 steps, a cheaper step), 64 RoIs per image (the recipe's 512 is for COCO's ~7
 objects per image at 800 px; 32 cost 5 points); at test 100 proposals and at most 50 detections per image (the
-recipe's 1,000 / 100 are for COCO: the same AP on the scenes, a third less evaluation time). 2,200 steps of 4 images
+recipe's 1,000 / 100 are for COCO: the same AP on the scenes, about half the evaluation time). 2,200 steps of 4 images
 (2.2 passes over the 4,000 scenes) at an lr given for batch 16 and scaled, x0.1 at 3/4 and 11/12 of the run as the
 3x schedule's 27 and 33 of 36; fp32. `data.batch_size` is per process: the demo runs two processes of one thread
 each (torchrun, gloo; ~10 img/s on the 2 cores against 7 for one process of two threads), so a step is 4 images.

@@ -40,7 +40,7 @@ def _cfg(scenes, **extra):
 @pytest.fixture(scope="module")
 def run(scenes, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    cfg = _cfg(scenes, **{"train.epochs": 3, "optim.lr": 2e-3})  # 4 steps an epoch
+    cfg = _cfg(scenes, **{"train.epochs": 4, "optim.lr": 2e-3})  # 4 steps an epoch
     summary = train(cfg, out)
     return out, summary
 
@@ -48,7 +48,7 @@ def run(scenes, tmp_path_factory):
 def test_the_loss_falls_and_the_run_is_complete(run):
     out, summary = run
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert [r["step"] for r in rows] == [4, 8, 12, 16]
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
     assert {"train_loss_classifier", "train_loss_mask", "train_loss_objectness"} <= set(rows[0])
     assert "box_AP" in rows[-1] and "mask_AP50" in rows[-1] and "best_box_AP" in summary
@@ -99,10 +99,10 @@ def test_detect_and_eval_commands(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
                  "--img-size", "64"]) == 0
     assert "short side 64" in capsys.readouterr().out
-    # test-time settings replaced: one detection per image at most
+    # test-time settings replaced: every score kept, one detection per image at most
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
-                 "--detector", "box_detections_per_img=1", "rpn_post_nms_top_n_test=50", "--results",
-                 str(tmp_path / "r1.json")]) == 0
+                 "--detector", "box_score_thresh=0.0", "box_detections_per_img=1", "rpn_post_nms_top_n_test=50",
+                 "--results", str(tmp_path / "r1.json")]) == 0
     per_image = Counter(r["image_id"] for r in json.loads((tmp_path / "r1.json").read_text()))
     assert per_image and max(per_image.values()) == 1
     capsys.readouterr()

@@ -138,3 +138,6 @@ def test_bad_input_is_one_sentence(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run[0] / "last.pt"), "--data", str(other), "--workers", "0"]) == 2
     err = capsys.readouterr().err.strip()
     assert "holds the value 12" in err and len(err.splitlines()) == 1
+    assert main(["eval", "--checkpoint", str(run[0] / "last.pt"), "--data", str(other), "--detector",
+                 "box_score_thresh=0.1"]) == 2  # a detector's settings, not a segmenter's
+    assert "not a detector checkpoint" in capsys.readouterr().err

@@ -69,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     if args.detector:
         raise UserError(f"--detector sets a detector's settings; {args.checkpoint or args.pretrained} is not a "
                         f"detector checkpoint of ours")
+    if args.checkpoint:
         if task == "segmentation" or "decode_head.conv_seg.weight" in (obj.get("state_dict") or {}):
             return run_segmentation(args)
     d = distributed.setup(common.device(args))

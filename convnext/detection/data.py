@@ -255,7 +255,7 @@ def train_transform(img, boxes, masks, cfg, rng: random.Random, scale: int | Non
     (a) Resize(keep_ratio) to a short side from det_scales (long side <= det_max_size);
     (b) Resize to a short side from det_crop_scales, RandomCrop(absolute_range det_crop_size), Resize(override) to
         a short side from det_scales (long side <= det_max_size).
-    `scale`, when given, replaces the short side drawn from det_scales (data.det_step_scale; drawn all the same).
+    `scale`, when given, is the short side of the last resize instead of a draw from det_scales (data.det_step_scale).
     img (3, H, W) uint8 (or float), boxes (N, 4) xyxy float32, masks (N, H, W) uint8 -> the same, and the indices
     (into the N inputs) of the instances kept, for their labels."""
     keep = torch.arange(len(boxes))
