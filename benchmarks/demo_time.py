@@ -3,7 +3,7 @@ offline detection or segmentation demo, or the FCMAE / V2 fine-tuning demos.
 
     .venv/bin/python benchmarks/demo_time.py [--out benchmarks/results/demo.json] [KEY=VALUE ...]
     .venv/bin/python benchmarks/demo_time.py --config scenes --data data/scenes --nproc 2 --out scenes.json
-    .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --out benchmarks/results/seg.json
+    .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --out seg.json
 
 Runs `convnext train --config CONFIG` in a fresh process, or N under torchrun with `--nproc N` (as the detection
 demo runs; set-up excluded: the venv and data are in place),
@@ -47,7 +47,8 @@ def main():
         cfg = json.load(open(os.path.join(run, "config.json")))["config"]
     d, t = cfg["data"], cfg["train"]
     task = cfg.get("task")  # a detector's test scale, a segmenter's crop (its whole-image test size here)
-    size = d["det_test_scale"] if task == "detection" else d["seg_crop_size"] if task == "segmentation" else d["img_size"]
+    size = (d["det_test_scale"] if task == "detection" else d["seg_crop_size"] if task == "segmentation"
+            else d["img_size"])
     setting = dict(device="cpu", precision=t["precision"], batch_size=d["batch_size"], img_size=size,
                    channels_last=t["channels_last"], compile="default" if t["compile"] else "none",
                    model=cfg["model"]["name"], epochs=t["epochs"], processes=a.nproc, overrides=a.overrides)

@@ -156,7 +156,8 @@ def make_folder(root: Path, classes: int, per_class: int, workers: int) -> None:
     """500x375 JPEGs (quality 95) cut from scikit-image's photos at random places, scales and tints."""
     from concurrent.futures import ProcessPoolExecutor
 
-    jobs = [(root / split / f"n{c:05d}", c, n) for split, n in (("train", per_class), ("val", 1)) for c in range(classes)]
+    jobs = [(root / split / f"n{c:05d}", c, n) for split, n in (("train", per_class), ("val", 1))
+            for c in range(classes)]
     with ProcessPoolExecutor(workers) as ex:
         list(ex.map(_write_class, jobs, chunksize=16))
 

@@ -12,7 +12,8 @@ from convnext.model import get_variant
 def get_config(size: str = "small") -> Config:
     name = f"convnext_isotropic_{size}"
     return Config(
-        model=ModelConfig(name=name, drop_path=get_variant(name).drop_path, layer_scale=1e-6 if size == "large" else 0.0),
+        model=ModelConfig(name=name, drop_path=get_variant(name).drop_path,
+                          layer_scale=1e-6 if size == "large" else 0.0),
         data=DataConfig(batch_size=64 if size == "large" else 128),
         optim=OptimConfig(warmup_epochs=50),
         train=TrainConfig(accum_steps=8 if size == "large" else 4),

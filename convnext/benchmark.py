@@ -121,7 +121,8 @@ class Runner:
         else:
             model.eval()
         self.model = model
-        self.fn = model if s.compile == "none" else torch.compile(model, mode=None if s.compile == "default" else s.compile)
+        mode = None if s.compile == "default" else s.compile
+        self.fn = model if s.compile == "none" else torch.compile(model, mode=mode)
 
     def step(self) -> None:
         if self.s.train:

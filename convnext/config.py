@@ -272,7 +272,8 @@ class Derived:
     def describe(self) -> str:
         drops = f", x0.1 at steps {', '.join(map(str, self.milestone_steps))}" if self.milestone_steps else ""
         return (
-            f"effective batch {self.effective_batch} (= per-device batch x {self.world_size} processes x accumulation); "
+            f"effective batch {self.effective_batch} "
+            f"(= per-device batch x {self.world_size} processes x accumulation); "
             f"lr {self.lr:.3g} ({self.lr_rule}); {self.steps_per_epoch} steps/epoch, {self.total_steps} steps, "
             f"{self.warmup_steps} warm-up steps{drops}"
         )

@@ -104,8 +104,11 @@ def load_fashion_mnist(root: Path = FASHION_MNIST_DIR):
                     f"(or `make setup`), or set data.root to a folder holding the four idx files"
                 )
             files[split, kind] = _read_idx(path)
-    return (torch.from_numpy(files["train", "images"].copy()), torch.from_numpy(files["train", "labels"].astype(np.int64)),
-            torch.from_numpy(files["test", "images"].copy()), torch.from_numpy(files["test", "labels"].astype(np.int64)))
+
+    def pair(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(files[name, "images"].copy()), torch.from_numpy(files[name, "labels"].astype(np.int64))
+
+    return (*pair("train"), *pair("test"))
 
 
 class TensorData(Data):

@@ -306,7 +306,8 @@ def _rotation(degrees: float, w: int, h: int) -> tuple:
     return a, b, a * -cx + b * -cy + 0.0 + cx, d, e, d * -cx + e * -cy + 0.0 + cy
 
 
-# the matrix (a, b, c, d, e, f) of PIL's Image.transform(AFFINE): output pixel (x, y) reads (a x + b y + c, d x + e y + f)
+# the matrix (a, b, c, d, e, f) of PIL's Image.transform(AFFINE): output pixel (x, y) reads
+# (a x + b y + c, d x + e y + f)
 AFFINE = {
     "Rotate": _rotation,
     "ShearX": lambda s, w, h: (1, s, 0, 0, 1, 0),

@@ -148,7 +148,8 @@ def build_optimizer(model: nn.Module, cfg, lr: float) -> torch.optim.AdamW:
                               v2_top(depths, rule), no_decay_suffixes=V2_NO_DECAY)
     else:
         n = cfg.layer_decay_layers
-        groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, lambda name: dense_layer_id(name, n, rule), n + 1)
+        groups = param_groups(model, cfg.weight_decay, cfg.layer_decay, lambda name: dense_layer_id(name, n, rule),
+                              n + 1)
     for g in groups:
         g.pop("names")
     # fused on CPU too: PyTorch's default there is the per-tensor loop, ~9x slower for ConvNeXt-atto's step

@@ -27,7 +27,8 @@ ENDPOINT = {"resnet50": "ResNet-50 -> ConvNeXt-T", "resnet200": "ResNet-200 -> C
 def measure(regime: str, name: str) -> tuple[float, int]:
     """(GMACs at 224, parameters) of one step, counted on the meta device (no memory, no init)."""
     with torch.device("meta"):
-        model = get_step(regime, name).build().eval()  # the same MACs; a training-mode BN is decomposed by the counter, 3x slower
+        # eval mode: the same MACs; a training-mode BN is decomposed by the counter, 3x slower
+        model = get_step(regime, name).build().eval()
     return count_gmacs(model, 224), count_params(model)
 
 

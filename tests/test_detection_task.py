@@ -90,7 +90,8 @@ def test_detect_and_eval_commands(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
                  "--json", str(tmp_path / "m.json"), "--results", str(tmp_path / "r.json")]) == 0
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert set(metrics) >= {"box_AP", "box_AP50", "mask_AP", "mask_ARl"} and len(metrics["per_class_AP50"]["bbox"]) == 10
+    assert set(metrics) >= {"box_AP", "box_AP50", "mask_AP", "mask_ARl"}
+    assert len(metrics["per_class_AP50"]["bbox"]) == 10
     assert isinstance(json.loads((tmp_path / "r.json").read_text()), list)
     printed = capsys.readouterr().out
     assert "AP50" in printed and "short side 96" in printed  # the table, at the checkpoint's test scale
@@ -116,7 +117,8 @@ def test_bad_input_is_one_sentence(scenes, tmp_path):
         return r.returncode, r.stderr.strip()
 
     code, err = cli("train", "--config", "scenes", "--data", str(tmp_path / "nowhere"))
-    assert code == 2 and err.startswith("convnext train: error:") and "Traceback" not in err and len(err.splitlines()) == 1
+    assert code == 2 and err.startswith("convnext train: error:")
+    assert "Traceback" not in err and len(err.splitlines()) == 1
     (tmp_path / "annotations").mkdir()
     (tmp_path / "annotations" / "instances_train2017.json").write_text('{"not": "coco"}')
     code, err = cli("train", "--config", "scenes", "--data", str(tmp_path))

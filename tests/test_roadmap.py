@@ -304,7 +304,8 @@ def test_cli_train_really_trains_and_resumes(tmp_path, capsys):
     """Two real steps on a slice of the embedded Fashion-MNIST, a few optimizer steps each, then the table."""
     out = tmp_path / "runs"
     args = ["roadmap", "--train", "--data", "fashion_mnist", "--out", str(out), "--steps", "patchify,ln",
-            "--json", str(tmp_path / "t.json"), "data.limit_train=256", "data.limit_eval=256", "data.batch_size=32", "train.epochs=1"]
+            "--json", str(tmp_path / "t.json"), "data.limit_train=256", "data.limit_eval=256", "data.batch_size=32",
+            "train.epochs=1"]
     assert main(args) == 0
     rows = {r["name"]: r for r in json.loads((tmp_path / "t.json").read_text())["steps"]}
     for name in ("patchify", "ln"):

@@ -108,6 +108,10 @@ def test_random_crop_follows_the_category_ratio_rule():
     small, lab = random_crop(torch.zeros(3, 20, 30, dtype=torch.uint8), torch.zeros(20, 30, dtype=torch.uint8),
                              64, 0.75, random.Random(0))
     assert small.shape == (3, 20, 30) and lab.shape == (20, 30)  # smaller than the crop: all of it (then padded)
+    rng, whole = random.Random(0), label[:, :64].clone()
+    state = rng.getstate()
+    same_img, same_lab = random_crop(img[:, :, :64], whole, 64, 0.75, rng)  # fails the rule, but has one window
+    assert torch.equal(same_lab, whole) and same_img.shape == (3, 64, 64) and rng.getstate() == state
 
 
 def test_padding_and_normalisation():

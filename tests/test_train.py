@@ -39,9 +39,11 @@ def test_defaults_are_table5():
     c = Config()
     assert (c.optim.lr, c.optim.lr_batch, c.optim.weight_decay, c.optim.betas) == (4e-3, 4096, 0.05, (0.9, 0.999))
     assert (c.train.epochs, c.optim.warmup_epochs, c.optim.min_lr, c.train.ema_decay) == (300, 20, 1e-6, 0.9999)
-    assert (c.data.randaug, c.data.mixup, c.data.cutmix, c.data.mixup_switch_prob) == ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.5)
+    augment = (c.data.randaug, c.data.mixup, c.data.cutmix, c.data.mixup_switch_prob)
+    assert augment == ("rand-m9-mstd0.5-inc1", 0.8, 1.0, 0.5)
     assert (c.data.reprob, c.data.smoothing) == (0.25, 0.1)
-    assert [load_config(f"in1k:{s}").model.drop_path for s in ("tiny", "small", "base", "large")] == [0.1, 0.4, 0.5, 0.5]
+    drop_paths = [load_config(f"in1k:{s}").model.drop_path for s in ("tiny", "small", "base", "large")]
+    assert drop_paths == [0.1, 0.4, 0.5, 0.5]
 
 
 @pytest.mark.parametrize("spec", ["demo", "in1k:tiny", "in1k:large", "in22k:xlarge", "isotropic:small",
@@ -63,10 +65,12 @@ def test_effective_batch_and_lr():
 
 
 def test_overrides_and_errors():
-    cfg = apply_overrides(Config(), ["optim.lr=1e-3", "train.compile=true", "data.scale=0.2,1.0", "model.layer_scale=none"])
+    cfg = apply_overrides(Config(), ["optim.lr=1e-3", "train.compile=true", "data.scale=0.2,1.0",
+                                     "model.layer_scale=none"])
     assert cfg.optim.lr == 1e-3 and cfg.train.compile is True and cfg.data.scale == (0.2, 1.0)
     assert cfg.model.layer_scale is None
-    quoted = apply_overrides(Config(), ['model.detector=("fpn_channels=64", \'box_fc_channels=256\')', "data.root='a b'"])
+    quoted = apply_overrides(Config(), ['model.detector=("fpn_channels=64", \'box_fc_channels=256\')',
+                                        "data.root='a b'"])
     assert quoted.model.detector == ("fpn_channels=64", "box_fc_channels=256") and quoted.data.root == "a b"
     with pytest.raises(UserError, match="unknown config key 'optim.lrr'"):
         apply_overrides(Config(), ["optim.lrr=1"])
@@ -185,7 +189,8 @@ def test_resume_after_sigkill_equals_uninterrupted(image_folder, tmp_path):
     full = tmp_path / "full"
     subprocess.run(cmd + ["--out", str(full)] + over, check=True, capture_output=True, cwd=ROOT)
     cut = tmp_path / "cut"
-    proc = subprocess.Popen(cmd + ["--out", str(cut)] + over, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    proc = subprocess.Popen(cmd + ["--out", str(cut)] + over, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=ROOT)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill -9 once it has checkpointed a few steps
         if (cut / "last.pt").exists():
@@ -324,7 +329,8 @@ def test_nan_loss_stops_with_checkpoint_intact(image_folder, tmp_path, capsys):
     args = ["train", "--config", "in1k:tiny", "--out", str(out)] + [
         f"{k}={v}" for k, v in {"data.root": image_folder, "model.name": "convnext_atto", "data.img_size": 32,
                                 "data.batch_size": 8, "data.workers": 0, "train.epochs": 3, "train.precision": "fp32",
-                                "train.accum_steps": 1, "train.channels_last": "false", "optim.warmup_epochs": 0, "optim.scale_lr": "false",
+                                "train.accum_steps": 1, "train.channels_last": "false", "optim.warmup_epochs": 0,
+                                "optim.scale_lr": "false",
                                 "optim.lr": 1e30, "optim.min_lr": 1e30, "data.mixup": 0, "data.cutmix": 0,
                                 "train.ckpt_every_steps": 1}.items()]
     code, err = run_cli(args, capsys)
@@ -364,6 +370,7 @@ def test_readme_finetune_command(image_folder, tmp_path, capsys):
                 "train.precision=fp32", "train.max_steps=2", "train.channels_last=false"])
     assert code == 0
     ck = torch.load(out / "last.pt", weights_only=True)
-    assert ck["model"]["head.weight"].shape == (4, 320) and ck["meta"]["class_names"] == [f"class_{i}" for i in range(4)]
+    assert ck["model"]["head.weight"].shape == (4, 320)
+    assert ck["meta"]["class_names"] == [f"class_{i}" for i in range(4)]
     moved = (ck["model"]["stages.0.0.pwconv1.weight"] - src.state_dict()["stages.0.0.pwconv1.weight"]).abs().max()
     assert moved < 1e-3  # started from the file's backbone (lr 5e-5 scaled to batch 8: tiny steps)

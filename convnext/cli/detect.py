@@ -24,7 +24,8 @@ from convnext.images import expand_paths, load_image
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (searched recursively), globs")
-    p.add_argument("--checkpoint", required=True, metavar="PATH", help="a detection run's checkpoint (best.pt, last.pt)")
+    p.add_argument("--checkpoint", required=True, metavar="PATH",
+                   help="a detection run's checkpoint (best.pt, last.pt)")
     p.add_argument("--ema", action="store_true", help="the EMA weights of the checkpoint")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the drawn images")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw and list detections scoring at least this")

@@ -14,7 +14,8 @@ from convnext.preprocessing import from_cfg
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     common.add_weights(p, random_init=True)  # exports and checks on the CPU
-    p.add_argument("--no-fold", action="store_true", help="do not fold (LN affine, layer scale, GRN beta: convnext/fold.py)")
+    p.add_argument("--no-fold", action="store_true",
+                   help="do not fold (LN affine, layer scale, GRN beta: convnext/fold.py)")
     p.add_argument("--format", required=True, choices=export.FORMATS,
                    help="onnx (opset 18), torchscript (traced; deprecated in PyTorch) or exported (torch.export .pt2)")
     p.add_argument("--out", required=True, metavar="PATH", help="the file to write")

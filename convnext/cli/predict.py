@@ -13,7 +13,8 @@ from convnext.predict import Classifier
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files, directories (searched recursively), globs")
     common.add_weights(p)
-    p.add_argument("--no-fold", action="store_true", help="do not fold (LN affine, layer scale, GRN beta: convnext/fold.py)")
+    p.add_argument("--no-fold", action="store_true",
+                   help="do not fold (LN affine, layer scale, GRN beta: convnext/fold.py)")
     common.add_device(p)
     p.add_argument("--topk", type=int, default=5, help="how many classes to print per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -34,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
             text = f"error: {pred.error}" if pred.error else " | ".join(f"{l.name} {l.prob:.2%}" for l in pred.top)
             print(f"{pred.source}: {text}", flush=True)
     common.write_json(args.json, {"model": clf.arch, "weights": clf.source, "folded": clf.folded,
-                                  "preprocessing": asdict(clf.preprocessing), "results": [r.to_dict() for r in results]})
+                                  "preprocessing": asdict(clf.preprocessing),
+                                  "results": [r.to_dict() for r in results]})
     failed = sum(r.error is not None for r in results)
     if failed:
         print(f"convnext predict: {failed} of {len(results)} inputs could not be classified", file=sys.stderr)

@@ -30,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="with --train: the recipe for every step (default: roadmap:imagenet, or "
                    "roadmap:fashion_mnist with --data fashion_mnist)")
     p.add_argument("--steps", metavar="NAME,...", help="with --train: only these steps (default: all)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="with --train: recipe overrides, e.g. train.epochs=5")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="with --train: recipe overrides, e.g. train.epochs=5")
 
 
 def run(args: argparse.Namespace) -> int:

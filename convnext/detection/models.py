@@ -219,7 +219,8 @@ class MaskRCNNRoIHeads(RoIHeads):
         boxes = [p[k] for p, k in zip(proposals, keep)]
         mask_logits = self.mask_predictor(self.mask_head(self.mask_roi_pool(features, boxes, image_shapes)))
         losses["loss_mask"] = maskrcnn_loss(mask_logits, boxes, [tg["masks"] for tg in targets],
-                                            [tg["labels"] for tg in targets], [m[k] for m, k in zip(matched_idxs, keep)])
+                                            [tg["labels"] for tg in targets],
+                                            [m[k] for m, k in zip(matched_idxs, keep)])
         return [], losses
 
 
