@@ -100,6 +100,12 @@ def diagnose(model, images: torch.Tensor, labels: torch.Tensor) -> dict[str, flo
     return {**out, "among": round(right / pixels, 3), "whole_items": round(whole / pixels, 3)}
 
 
+def run_provenance(batch: int, size: int) -> dict:
+    """The machine, versions and commit of a run, with its setting (fp32 on the CPU, eager)."""
+    return provenance(device="cpu", precision="fp32", batch_size=batch, img_size=size, channels_last=False,
+                      compile="none", model="upernet_convnext_atto")
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="data/scenes/ade", help="the scenes' ADE20K-layout copy")
@@ -131,10 +137,8 @@ def main():
         result = diagnose(load_segmenter(a.diagnose), *load_split(root, "validation", a.val, a.size))
         print(json.dumps(result))
         if a.out:
-            setting = dict(device="cpu", precision="fp32", batch_size=20, img_size=a.size, channels_last=False,
-                           compile="none", model="upernet_convnext_atto")
-            write_text(json.dumps({**provenance(**setting), "args": vars(a), "diagnosis": result}, indent=2) + "\n",
-                       a.out)
+            write_text(json.dumps({**run_provenance(20, a.size), "args": vars(a), "diagnosis": result}, indent=2)
+                       + "\n", a.out)
         return
     x_train, y_train = load_split(root, "training", a.train, a.size)
     x_val, y_val = load_split(root, "validation", a.val, a.size)
@@ -173,9 +177,7 @@ def main():
             print(f"step {row['step']} loss {row['loss']:.3f} | held-out mIoU {v['mIoU']:.1f} found {v['found']:.2f} "
                   f"among {v['among']:.2f} | training mIoU {t['mIoU']:.1f} among {t['among']:.2f}", flush=True)
     if a.out:
-        setting = dict(device="cpu", precision="fp32", batch_size=a.batch, img_size=a.size, channels_last=False,
-                       compile="none", model="upernet_convnext_atto")
-        result = {**provenance(**setting), "args": vars(a), "curve": curve}
+        result = {**run_provenance(a.batch, a.size), "args": vars(a), "curve": curve}
         write_text(json.dumps(result, indent=2) + "\n", a.out)
 
 
