@@ -15,8 +15,8 @@ from torch import nn
 from convnext.distributed import Dist
 from convnext.errors import UserError
 from convnext.runtime import Runtime
-from convnext.segmentation.evaluate import (SegMetric, evaluate_segmenter, logits_at, predict_probs, slide_logits,
-                                            window_starts)
+from convnext.segmentation.evaluate import (SegMetric, evaluate_segmenter, label_map, logits_at, predict_probs,
+                                            slide_logits, window_starts)
 from convnext.segmentation.models import create_segmenter
 
 # ------------------------------------------------------------------------------------------ the metric
@@ -56,6 +56,16 @@ def test_areas_are_summed_over_the_set_not_averaged_per_image():
     m.update(torch.tensor([0, 0, 0]), torch.tensor([1, 1, 1]))
     assert m.summarize()["mIoU"] == pytest.approx(12.5) and m.summarize()["aAcc"] == pytest.approx(25)
     assert m.images == 2
+
+
+def test_label_map_is_argmax_ties_included():
+    g = torch.Generator().manual_seed(0)
+    for shape in ((11, 37, 53), (150, 16, 24), (1, 5, 5)):
+        scores = (torch.randn(shape, generator=g) * 2).round() / 2  # half-steps: many ties
+        assert torch.equal(label_map(scores), scores.argmax(0))
+    scores = torch.zeros(4, 3, 3)
+    scores[1] = scores[3] = 1.0
+    assert label_map(scores).eq(1).all()  # the first of the tied largest
 
 
 def test_errors():

@@ -23,7 +23,7 @@ from convnext.errors import UserError
 from convnext.images import expand_paths, load_image
 from convnext.segmentation.data import eval_inputs
 from convnext.segmentation.draw import class_fractions, encode_labels, overlay, save_labels
-from convnext.segmentation.evaluate import MS_RATIOS, predict_probs
+from convnext.segmentation.evaluate import MS_RATIOS, label_map, predict_probs
 from convnext.segmentation.models import load_segmenter
 
 
@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
         pixels = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)  # (3, H, W) uint8
         with torch.no_grad():
             inputs = [x.to(dev) for x in eval_inputs(pixels, tuple(inf["scale"]), ratios)]
-            pred = predict_probs(model, inputs, tuple(pixels.shape[-2:]), mode=mode, crop=inf["crop"],
-                                 stride=inf["stride"], flip=flip).argmax(0).cpu()
+            pred = label_map(predict_probs(model, inputs, tuple(pixels.shape[-2:]), mode=mode, crop=inf["crop"],
+                                           stride=inf["stride"], flip=flip)).cpu()
         stem = Path(path).stem
         name, n = f"{stem}.png", 1
         while name in names:  # two inputs of the same name in different folders: keep both

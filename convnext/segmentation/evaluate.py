@@ -159,6 +159,13 @@ def _nanmean(values: list[float]) -> float:
     return sum(kept) / len(kept) if kept else float("nan")
 
 
+def label_map(scores: torch.Tensor) -> torch.Tensor:
+    """(K, H, W) class scores -> (H, W) class indices: the first largest score, as `argmax(0)` gives, taken as
+    `max(0).indices` (the same first index on ties), which PyTorch's CPU kernel reduces over the leading dimension
+    several times faster."""
+    return scores.max(0).indices
+
+
 @torch.no_grad()
 def evaluate_segmenter(model: nn.Module, batches, rt, num_classes: int, class_names=None, *, mode: str = "slide",
                        crop: int = 512, stride: int = 341, flip: bool = False) -> SegMetric:
@@ -168,6 +175,6 @@ def evaluate_segmenter(model: nn.Module, batches, rt, num_classes: int, class_na
         with rt.autocast():
             probs = predict_probs(model, [rt.images(x[None])[0] for x in inputs], tuple(label.shape), mode=mode,
                                   crop=crop, stride=stride, flip=flip)
-        metric.update(probs.argmax(0), rt.to_device(label))
+        metric.update(label_map(probs), rt.to_device(label))
     metric.gather(rt.dist)
     return metric
