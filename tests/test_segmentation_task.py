@@ -18,6 +18,9 @@ from convnext.config import derive, load_config, replace
 from convnext.detection.scenes import make_scenes
 from convnext.errors import UserError
 from convnext.optim import lr_at
+from convnext.runtime import Runtime
+from convnext.segmentation.data import build_seg_data
+from convnext.segmentation.evaluate import evaluate_segmenter
 from convnext.segmentation.models import SEGMENTERS, load_segmenter
 from convnext.tasks import train
 
@@ -94,6 +97,17 @@ def test_segment_and_eval_commands(run, scenes, tmp_path, capsys):
     assert "mIoU" in capsys.readouterr().out  # the table
     assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0",
                  "--multi-scale"]) == 0
+    # --flip: the single scale and its mirror image, what evaluate_segmenter gives with flip
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0", "--flip",
+                 "--json", str(tmp_path / "f.json")]) == 0
+    assert "single scale + flip, whole" in capsys.readouterr().out
+    model = load_segmenter(out / "last.pt")
+    data = build_seg_data(replace(load_config("scenes_seg"), **{"data.root": str(scenes), "data.workers": 0,
+                                                                "data.seg_scale": (128, 32)}).data, train=False)
+    want = evaluate_segmenter(model, data.eval_batches(1, 0), Runtime(), 11, mode="whole", flip=True).summarize()
+    assert json.loads((tmp_path / "f.json").read_text())["mIoU"] == pytest.approx(want["mIoU"])
+    assert main(["segment", str(next(images.iterdir())), "--checkpoint", str(out / "last.pt"), "--out",
+                 str(tmp_path / "flip"), "--flip"]) == 0
 
 
 def test_ade20k_configs_are_the_official_recipe():

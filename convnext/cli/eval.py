@@ -1,9 +1,9 @@
 """`convnext eval`: top-1/top-5 of weights on an ImageNet-layout folder's val/ (or Fashion-MNIST's test set), with
 the official protocol and the weights' own preprocessing; or, for a detector's checkpoint, COCO box and mask AP on
 a COCO-format folder's val2017 (convnext/detection/evaluate.py); or, for a segmenter's, mIoU / mAcc / aAcc and
-per-class IoU on an ADE20K-layout folder's validation split, single scale by the checkpoint's protocol or
-multi-scale + flip (convnext/segmentation/evaluate.py); or, with --suite, a robustness set of paper Table 8
-(convnext/robustness.py). Correct under torchrun."""
+per-class IoU on an ADE20K-layout folder's validation split, single scale by the checkpoint's protocol (--flip:
+and its mirror image) or multi-scale + flip (convnext/segmentation/evaluate.py); or, with --suite, a robustness
+set of paper Table 8 (convnext/robustness.py). Correct under torchrun."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +27,7 @@ from convnext.robustness import evaluate_suite, plot, table
 from convnext.robustness_sets import PAPER_TABLE8, SUITES
 from convnext.runtime import Runtime
 from convnext.segmentation.data import build_seg_data
-from convnext.segmentation.evaluate import MS_RATIOS, evaluate_segmenter
+from convnext.segmentation.evaluate import eval_protocol, evaluate_segmenter
 from convnext.segmentation.models import load_segmenter
 
 
@@ -45,6 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="detectors: the COCO split to evaluate (default val2017); segmenters: the "
                    "ADE20K-layout split (default validation)")
     p.add_argument("--multi-scale", action="store_true", help="segmenters: ratios 0.5-1.75 and flip (Table 4)")
+    p.add_argument("--flip", action="store_true", help="segmenters: the single scale and its mirror image")
     p.add_argument("--detector", nargs="+", default=[], metavar="NAME=VALUE", help="detectors: settings replacing "
                    "the checkpoint's, test-time ones (e.g. rpn_post_nms_top_n_test=300 box_detections_per_img=50)")
     p.add_argument("--results", metavar="PATH", help="detectors: also write the detections as a COCO results json")
@@ -138,7 +139,8 @@ def run_detection(args: argparse.Namespace) -> int:
 
 def run_segmentation(args: argparse.Namespace) -> int:
     """mIoU, mAcc, aAcc and per-class IoU of a segmenter's checkpoint on DATA's `--split` (ADE20K layout), by the
-    checkpoint's single-scale protocol or, with --multi-scale, ratios 0.5-1.75 with flip in whole mode."""
+    checkpoint's single-scale protocol (with --flip, and the mirrored image) or, with --multi-scale, ratios 0.5-1.75
+    with flip in whole mode."""
     d = distributed.setup(common.device(args))
     try:
         model = load_segmenter(args.checkpoint, ema=args.ema).to(d.device)
@@ -147,13 +149,12 @@ def run_segmentation(args: argparse.Namespace) -> int:
                          workers=args.workers, seg_num_classes=model.num_classes,
                          seg_reduce_zero_label=inf["reduce_zero_label"], seg_scale=tuple(inf["scale"]))
         data = build_seg_data(cfg, train=False)
-        mode, ratios, flip = ("whole", MS_RATIOS, True) if args.multi_scale else (inf["mode"], (1.0,), False)
+        mode, ratios, flip, how = eval_protocol(inf, args.multi_scale, args.flip)
         rt = Runtime(d, args.precision)
         metric = evaluate_segmenter(model, data.eval_batches(d.world, d.rank, ratios=ratios), rt, model.num_classes,
                                     data.class_names, mode=mode, crop=inf["crop"], stride=inf["stride"], flip=flip)
         metrics = metric.summarize()
         if d.main:
-            how = "multi-scale + flip" if args.multi_scale else f"single scale, {mode}"
             print(f"{model.arch} on {args.data} {cfg.eval_split} ({data.num_eval} images, {how}, {args.checkpoint}"
                   f"{' EMA' if args.ema else ''} weights)")
             print(metric.table())

@@ -4,9 +4,9 @@
 
 For each input, DIR/overlay/<name>.png (the image with each class's colour blended over its pixels) and
 DIR/labels/<name>.png (the label map in the dataset's own encoding: ADE20K's 1..150, 0 never predicted), by the
-checkpoint's test protocol (its test scale, sliding window or whole image; --multi-scale: ratios 0.5-1.75 and the
-mirrored image, as the paper's Table 4). An unreadable input is reported for that file while the others are
-processed; the exit code is then 1.
+checkpoint's test protocol (its test scale, sliding window or whole image; --flip: and the mirrored image;
+--multi-scale: ratios 0.5-1.75 and the mirrored image, as the paper's Table 4). An unreadable input is reported
+for that file while the others are processed; the exit code is then 1.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from convnext.errors import UserError
 from convnext.images import expand_paths, load_image
 from convnext.segmentation.data import eval_inputs
 from convnext.segmentation.draw import class_fractions, encode_labels, overlay, save_labels
-from convnext.segmentation.evaluate import MS_RATIOS, label_map, predict_probs
+from convnext.segmentation.evaluate import eval_protocol, label_map, predict_probs
 from convnext.segmentation.models import load_segmenter
 
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", action="store_true", help="the EMA weights of the checkpoint")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays and label maps")
     p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 and flip (whole image at each scale)")
+    p.add_argument("--flip", action="store_true", help="the single scale and its mirror image")
     common.add_device(p)
     common.add_json(p)
 
@@ -42,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     dev = common.device(args)
     model = load_segmenter(args.checkpoint, ema=args.ema).to(dev)
     inf = model.inference
-    mode, ratios, flip = (("whole", MS_RATIOS, True) if args.multi_scale else (inf["mode"], (1.0,), False))
+    mode, ratios, flip, _ = eval_protocol(inf, args.multi_scale, args.flip)
     out = Path(args.out)
     (out / "overlay").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,18 @@ from convnext.segmentation.models import IGNORE_INDEX, resize
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg tools/test.py --aug-test
 
 
+def eval_protocol(inference: dict, multi_scale: bool = False,
+                  flip: bool = False) -> tuple[str, tuple, bool, str]:
+    """(mode, ratios, flip, its description) of a segmenter's test: its checkpoint's single-scale protocol (sliding
+    windows or whole image at its test scale); with `flip` also the mirrored image at that scale (mmseg's
+    MultiScaleFlipAug with img_ratios [1.0] and flip); with `multi_scale` the paper's Table 4 column, ratios
+    0.5-1.75 and flip, whole image at each scale (mmseg's --aug-test)."""
+    if multi_scale:
+        return "whole", MS_RATIOS, True, "multi-scale + flip"
+    mode = inference["mode"]
+    return mode, (1.0,), flip, f"single scale{' + flip' if flip else ''}, {mode}"
+
+
 # ------------------------------------------------------------------------------------------------ inference
 
 
