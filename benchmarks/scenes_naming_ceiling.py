@@ -15,6 +15,9 @@ names right with a perfect localisation handed to it, at this budget.
 the held-out scenes, with every pixel of an item that it predicts as some item given the crop classifier's class
 for that item (pixels it calls photograph stay so; photograph it calls an item stays so).
 
+`--save-backbone PATH` keeps the crop classifier's backbone, to start a segmenter from (its output norms but the
+last are new there).
+
 `--detector CKPT` trains nothing: the detection demo's box head classifies the held-out items' ground-truth boxes
 (its RoI features at the detector's test scale), the naming the segmenter's backbone was trained to.
 """
@@ -34,7 +37,7 @@ from torch import nn
 
 from convnext.backbone import ConvNeXtBackbone, load_backbone_weights
 from convnext.benchmark import provenance
-from convnext.checkpoint import write_text
+from convnext.checkpoint import save, write_text
 from convnext.labels import FASHION_MNIST
 from convnext.segmentation.data import eval_inputs, normalize
 from convnext.segmentation.evaluate import SegMetric
@@ -176,6 +179,8 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--segmenter", help="a segmentation run's checkpoint: what the crop naming is worth in its mIoU")
     p.add_argument("--detector", help="train nothing: the detector's box-head naming on ground-truth boxes")
+    p.add_argument("--save-backbone", metavar="PATH", help="write the crop classifier's backbone here (a state dict "
+                   "that `--init` of benchmarks/segmentation_demo_study.py and `model.init` load)")
     p.add_argument("--out", help="write the result as JSON here")
     a = p.parse_args()
     torch.manual_seed(a.seed)
@@ -193,10 +198,12 @@ def main():
         print(f"{len(y):,} training items, {len(yv):,} held-out items ({time.perf_counter() - t0:.0f} s)", flush=True)
         model = CropClassifier(a.init).train()
         result["curve"] = train(model, x, y, xv, yv, a)
+        if a.save_backbone:
+            save(model.body.state_dict(), a.save_backbone)
         names = predict(model, xv)
-        truth = yv.numpy()
-        result["per_class_accuracy"] = {c: round(float((names.numpy()[truth == k] == k).mean()), 4)
-                                        for k, c in enumerate(FASHION_MNIST)}
+        truth, guess = yv.numpy(), names.numpy()
+        result["per_class_accuracy"] = {c: round(float((guess[truth == k] == k).mean()), 4) if (truth == k).any()
+                                        else None for k, c in enumerate(FASHION_MNIST)}  # None: no such item
         if a.segmenter:
             result["mIoU"] = with_crop_naming(load_segmenter(a.segmenter), val, names, len(FASHION_MNIST) + 1)
             print(json.dumps(result["mIoU"]))

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import nn
 
 from convnext.detection.scenes import make_scenes
+from convnext.labels import FASHION_MNIST
 from convnext.segmentation.evaluate import SegMetric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,3 +72,18 @@ def test_the_crop_classifier_trains(scenes):
     assert [row["pass"] for row in curve] == [1, 2]
     assert all(0.0 <= row["held_out_accuracy"] <= 1.0 for row in curve)
     assert script.predict(model, x).shape == y.shape
+
+
+def test_main_keeps_a_backbone_a_segmenter_starts_from(scenes, tmp_path, monkeypatch):
+    from convnext.segmentation.models import create_segmenter
+    script = _script()
+    out, kept = tmp_path / "ceiling.json", tmp_path / "crops_backbone.pt"
+    monkeypatch.setattr("sys.argv", ["scenes_naming_ceiling.py", "--data", str(scenes), "--init", "", "--size", "32",
+                                     "--epochs", "1", "--batch", "2", "--train", "3", "--val", "3", "--out", str(out),
+                                     "--save-backbone", str(kept)])
+    script.main()
+    result = json.loads(out.read_text())
+    assert len(result["curve"]) == 1 and set(result["per_class_accuracy"]) == set(FASHION_MNIST)
+    body = torch.load(kept, weights_only=True)
+    segmenter = create_segmenter("upernet_convnext_atto", 11, backbone_weights=str(kept), channels=16, aux_channels=8)
+    assert torch.equal(segmenter.backbone.stages[3][0].dwconv.weight, body["stages.3.0.dwconv.weight"])
