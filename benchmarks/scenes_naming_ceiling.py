@@ -1,8 +1,8 @@
 """How well can ConvNeXt-atto name the scenes' items at all, when it is shown exactly where they are? A ceiling for
 the offline segmentation demo, whose failure is naming (benchmarks/segmentation_demo_study.py --diagnose).
 
-    .venv/bin/python benchmarks/scenes_naming_ceiling.py --init runs/demo/best_ema.pt --size 64 \\
-        --segmenter runs/scenes_seg/last.pt --out benchmarks/results/scenes_naming_ceiling_64.json
+    .venv/bin/python benchmarks/scenes_naming_ceiling.py --init runs/scenes/last.pt --size 64 \\
+        --segmenter runs/scenes_seg/last.pt --out benchmarks/results/scenes_naming_ceiling_detector_init_64.json
     .venv/bin/python benchmarks/scenes_naming_ceiling.py --detector runs/scenes/last.pt   # the detector, GT boxes
 
 Each item of the scenes (data/scenes: COCO annotations, `convnext data scenes`) is cut out by its ground-truth box
