@@ -40,7 +40,7 @@ from convnext.benchmark import provenance
 from convnext.checkpoint import save, write_text
 from convnext.labels import FASHION_MNIST
 from convnext.segmentation.data import eval_inputs, normalize
-from convnext.segmentation.evaluate import SegMetric
+from convnext.segmentation.evaluate import SegMetric, eval_protocol, label_map, predict_probs
 from convnext.segmentation.models import load_segmenter
 
 SPLITS = {"train": "train2017", "val": "val2017"}
@@ -92,9 +92,9 @@ class CropClassifier(nn.Module):
 @torch.no_grad()
 def predict(model: nn.Module, crops: torch.Tensor) -> torch.Tensor:
     model.eval()
-    out = torch.cat([model(normalize(x)).argmax(1) for x in crops.split(256)]) if len(crops) else torch.zeros(0)
+    out = torch.cat([model(normalize(x)).argmax(1) for x in crops.split(256)])
     model.train()
-    return out.long()
+    return out
 
 
 def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, yv: torch.Tensor, a) -> list[dict]:
@@ -125,13 +125,13 @@ def train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, xv: torch.Tensor, 
 def with_crop_naming(segmenter, scenes, names: torch.Tensor, num_classes: int) -> dict[str, float]:
     """mIoU of the segmenter as it is and with the crop classifier's names for the items it finds (module doc)."""
     metrics = {"segmenter": SegMetric(num_classes), "segmenter_named_by_crops": SegMetric(num_classes)}
-    k = 0
+    inf, k = segmenter.inference, 0
+    mode = eval_protocol(inf)[0]
     for path, anns in scenes:
         img = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
         h, w = img.shape[-2:]
-        x = eval_inputs(img, segmenter.inference["scale"])[0]  # the test pipeline, whole image, single scale
-        logits = F.interpolate(segmenter(x[None]), size=(h, w), mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)[0]
+        pred = label_map(predict_probs(segmenter, eval_inputs(img, inf["scale"]), (h, w), mode=mode, crop=inf["crop"],
+                                       stride=inf["stride"]))  # the checkpoint's single-scale test, as convnext eval
         label = torch.zeros(h, w, dtype=torch.long)
         named = pred.clone()
         for a in anns:

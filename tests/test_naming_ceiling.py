@@ -35,7 +35,7 @@ def scenes(tmp_path_factory):
 
 class EveryPixelTshirt(nn.Module):
     """A stand-in segmenter: class 1 (T-shirt) everywhere, at the input's size."""
-    inference = {"scale": (160, 64)}
+    inference = {"scale": (160, 64), "mode": "whole", "crop": 64, "stride": 48}
 
     def forward(self, x):
         logits = torch.zeros(x.shape[0], 11, *x.shape[-2:])
