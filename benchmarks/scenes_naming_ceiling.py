@@ -1,5 +1,7 @@
-"""How well can ConvNeXt-atto name the scenes' items at all, when it is shown exactly where they are? A ceiling for
-the offline segmentation demo, whose failure is naming (benchmarks/segmentation_demo_study.py --diagnose).
+"""How well can ConvNeXt-atto name the scenes' items when it is shown exactly where they are, at the offline
+segmentation demo's budget? The demo's failure is naming (benchmarks/segmentation_demo_study.py --diagnose); this
+bounds what a separate namer would add to the demo's masks, not the task: given four times the steps, the segmenter
+names about as well by itself (RESULTS.md).
 
     .venv/bin/python benchmarks/scenes_naming_ceiling.py --init runs/scenes/last.pt --size 64 \\
         --segmenter runs/scenes_seg/last.pt --out benchmarks/results/scenes_naming_ceiling_detector_init_64.json
