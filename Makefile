@@ -41,7 +41,8 @@ demo-segmentation: setup
 	test -f data/scenes/ade/classes.txt || $(BIN)/convnext data scenes --out data/scenes
 	test -f runs/scenes/last.pt || $(BIN)/torchrun --standalone --nproc_per_node=2 -m convnext train --config scenes \
 		--data data/scenes --out runs/scenes
-	$(BIN)/convnext train --config scenes_seg --data data/scenes/ade --out runs/scenes_seg
+	$(BIN)/torchrun --standalone --nproc_per_node=2 -m convnext train --config scenes_seg --data data/scenes/ade \
+		--out runs/scenes_seg
 
 test: setup
 	$(BIN)/python -m pytest -q -m "not gpu"

@@ -3,10 +3,10 @@ offline detection or segmentation demo, or the FCMAE / V2 fine-tuning demos.
 
     .venv/bin/python benchmarks/demo_time.py [--out benchmarks/results/demo.json] [KEY=VALUE ...]
     .venv/bin/python benchmarks/demo_time.py --config scenes --data data/scenes --nproc 2 --out scenes.json
-    .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --out seg.json
+    .venv/bin/python benchmarks/demo_time.py --config scenes_seg --data data/scenes/ade --nproc 2 --out seg.json
 
 Runs `convnext train --config CONFIG` in a fresh process, or N under torchrun with `--nproc N` (as the detection
-demo runs; set-up excluded: the venv and data are in place),
+and segmentation demos run; set-up excluded: the venv and data are in place),
 measures the wall-clock time from launch to exit (start-up, data loading, training and every evaluation
 included), and reads the run's final metrics from its summary.json (top-1 on the 10,000 Fashion-MNIST test
 images; box and mask AP, or mIoU / mAcc / aAcc, on the held-out scenes).
