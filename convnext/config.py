@@ -92,6 +92,9 @@ class DataConfig:
     seg_ratio_range: tuple[float, float] = (0.5, 2.0)
     seg_crop_size: int = 512  # crop_size (512, 512); the 22K models' 640
     seg_cat_max_ratio: float = 0.75  # RandomCrop: re-draw a crop where one class covers >= 75% (up to 10 times)
+    # Not mmseg's: the share of crops placed around one whole object instead (a random class's random connected
+    # region; nnU-Net's foreground oversampling; convnext/segmentation/data.py object_window). 0 for the recipes.
+    seg_object_crop: float = 0.0
     seg_photometric: bool = True  # PhotoMetricDistortion
     seg_test_mode: str = "slide"  # slide (the _ss configs' test_cfg) | whole (the _ms configs)
     seg_stride: int = 341  # slide stride (341, 341); the 22K models' 426

@@ -15,9 +15,9 @@ from convnext.config import DataConfig
 from convnext.detection.scenes import make_scenes
 from convnext.errors import UserError
 from convnext.labels import FASHION_MNIST
-from convnext.segmentation.data import (ADE20K_CLASSES, build_seg_data, hsv_to_rgb, normalize, pad_to,
-                                        photometric_distortion, random_crop, read_label, rgb_to_hsv, scaled_size,
-                                        eval_inputs, train_transform)
+from convnext.segmentation.data import (ADE20K_CLASSES, build_seg_data, eval_inputs, hsv_to_rgb, normalize,
+                                        object_window, pad_to, photometric_distortion, random_crop, read_label,
+                                        rgb_to_hsv, scaled_size, train_transform)
 
 SMALL = dict(seg_scale=(128, 32), seg_crop_size=32, seg_stride=21)  # the ADE20K pipeline at 1/16 of its scale
 
@@ -112,6 +112,34 @@ def test_random_crop_follows_the_category_ratio_rule():
     state = rng.getstate()
     same_img, same_lab = random_crop(img[:, :, :64], whole, 64, 0.75, rng)  # fails the rule, but has one window
     assert torch.equal(same_lab, whole) and same_img.shape == (3, 64, 64) and rng.getstate() == state
+
+
+def test_object_crop_holds_a_whole_region():
+    """data.seg_object_crop: the window holds the whole extent of one connected region of a class present, drawn
+    uniformly (both classes here, and both squares of class 2), moved into the image where it would stick out."""
+    label = torch.zeros(100, 120, dtype=torch.uint8)
+    label[5:25, 90:115] = 2  # two regions of class 2: one at the top right, one at the bottom left
+    label[70:95, 2:20] = 2
+    label[40:60, 40:60] = 255  # ignored: never a class to crop around
+    img = torch.arange(100 * 120, dtype=torch.int32).view(1, 100, 120).expand(3, -1, -1)
+    seen = set()
+    for s in range(60):
+        rng = random.Random(s)
+        rng.random()  # random_crop's draw against object_p
+        y0, x0 = object_window(label, 48, rng)
+        assert 0 <= y0 <= 52 and 0 <= x0 <= 72  # inside the image
+        if label[y0: y0 + 48, x0: x0 + 48].eq(2).sum() in (20 * 25, 25 * 18):  # one whole square in view
+            seen.add("top" if y0 < 30 else "bottom")
+        cropped, lab = random_crop(img, label, 48, 0.75, random.Random(s), object_p=1.0)
+        assert torch.equal(cropped[0], img[0, y0: y0 + 48, x0: x0 + 48]) and torch.equal(lab, label[y0: y0 + 48,
+                                                                                                   x0: x0 + 48])
+    assert seen == {"top", "bottom"}
+    big = torch.ones(100, 120, dtype=torch.uint8)  # one region larger than the window: a window inside it
+    assert all(0 <= v <= 72 for v in object_window(big, 48, random.Random(1)))
+    # without object_p the crop is the category-ratio rule's, draw for draw
+    rng_a, rng_b = random.Random(7), random.Random(7)
+    assert torch.equal(random_crop(img, label, 48, 0.75, rng_a)[1], random_crop(img, label, 48, 0.75, rng_b,
+                                                                                 object_p=0.0)[1])
 
 
 def test_padding_and_normalisation():
