@@ -290,3 +290,6 @@ def test_bad_input_is_one_sentence_or_a_counted_skip(tmp_path):
     with pytest.raises(UserError) as e:
         build_seg_data(cfg_for(root, seg_crop_size=8))
     one_sentence(e, "seg_crop_size")
+    with pytest.raises(UserError) as e:
+        build_seg_data(cfg_for(root, seg_object_crop=1.5))
+    one_sentence(e, "seg_object_crop within 0..1 (got 1.5)")
