@@ -108,6 +108,16 @@ def test_segment_and_eval_commands(run, scenes, tmp_path, capsys):
     assert json.loads((tmp_path / "f.json").read_text())["mIoU"] == pytest.approx(want["mIoU"])
     assert main(["segment", str(next(images.iterdir())), "--checkpoint", str(out / "last.pt"), "--out",
                  str(tmp_path / "flip"), "--flip"]) == 0
+    # --ratios: those ratios of the test scale (and the mirror image with --flip), in the checkpoint's own mode
+    assert main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(scenes), "--workers", "0", "--ratios",
+                 "0.75", "1", "1.25", "--flip", "--json", str(tmp_path / "r.json")]) == 0
+    assert "ratios 0.75, 1, 1.25 + flip, whole" in capsys.readouterr().out
+    want = evaluate_segmenter(model, data.eval_batches(1, 0, ratios=(0.75, 1.0, 1.25)), Runtime(), 11, mode="whole",
+                              flip=True).summarize()
+    assert json.loads((tmp_path / "r.json").read_text())["mIoU"] == pytest.approx(want["mIoU"])
+    assert main(["segment", str(next(images.iterdir())), "--checkpoint", str(out / "last.pt"), "--out",
+                 str(tmp_path / "ratios"), "--ratios", "1", "1.25", "--json", str(tmp_path / "rs.json")]) == 0
+    assert json.loads((tmp_path / "rs.json").read_text())["ratios"] == [1.0, 1.25]
 
 
 def test_ade20k_configs_are_the_official_recipe():
@@ -155,3 +165,8 @@ def test_bad_input_is_one_sentence(run, scenes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(run[0] / "last.pt"), "--data", str(other), "--detector",
                  "box_score_thresh=0.1"]) == 2  # a detector's settings, not a segmenter's
     assert "not a detector checkpoint" in capsys.readouterr().err
+    for extra in (["--ratios", "0", "1"], ["--ratios", "1", "--multi-scale"]):  # a ratio <= 0; both kinds of scales
+        assert main(["eval", "--checkpoint", str(run[0] / "last.pt"), "--data", str(scenes), "--workers", "0",
+                     *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--ratios" in err and len(err.splitlines()) == 1

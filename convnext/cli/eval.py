@@ -2,8 +2,8 @@
 the official protocol and the weights' own preprocessing; or, for a detector's checkpoint, COCO box and mask AP on
 a COCO-format folder's val2017 (convnext/detection/evaluate.py); or, for a segmenter's, mIoU / mAcc / aAcc and
 per-class IoU on an ADE20K-layout folder's validation split, single scale by the checkpoint's protocol (--flip:
-and its mirror image) or multi-scale + flip (convnext/segmentation/evaluate.py); or, with --suite, a robustness
-set of paper Table 8 (convnext/robustness.py). Correct under torchrun."""
+and its mirror image), multi-scale + flip, or the scales of --ratios (convnext/segmentation/evaluate.py); or,
+with --suite, a robustness set of paper Table 8 (convnext/robustness.py). Correct under torchrun."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "ADE20K-layout split (default validation)")
     p.add_argument("--multi-scale", action="store_true", help="segmenters: ratios 0.5-1.75 and flip (Table 4)")
     p.add_argument("--flip", action="store_true", help="segmenters: the single scale and its mirror image")
+    p.add_argument("--ratios", type=float, nargs="+", metavar="R", help="segmenters: test at these ratios of the test "
+                   "scale (e.g. 0.75 1 1.25), probabilities averaged; with --flip also mirrored")
     p.add_argument("--detector", nargs="+", default=[], metavar="NAME=VALUE", help="detectors: settings replacing "
                    "the checkpoint's, test-time ones (e.g. rpn_post_nms_top_n_test=300 box_detections_per_img=50)")
     p.add_argument("--results", metavar="PATH", help="detectors: also write the detections as a COCO results json")
@@ -139,8 +141,8 @@ def run_detection(args: argparse.Namespace) -> int:
 
 def run_segmentation(args: argparse.Namespace) -> int:
     """mIoU, mAcc, aAcc and per-class IoU of a segmenter's checkpoint on DATA's `--split` (ADE20K layout), by the
-    checkpoint's single-scale protocol (with --flip, and the mirrored image) or, with --multi-scale, ratios 0.5-1.75
-    with flip in whole mode."""
+    checkpoint's single-scale protocol (with --flip, and the mirrored image), with --multi-scale ratios 0.5-1.75
+    with flip in whole mode, or with --ratios those ratios of the test scale (and --flip)."""
     d = distributed.setup(common.device(args))
     try:
         model = load_segmenter(args.checkpoint, ema=args.ema).to(d.device)
@@ -149,7 +151,7 @@ def run_segmentation(args: argparse.Namespace) -> int:
                          workers=args.workers, seg_num_classes=model.num_classes,
                          seg_reduce_zero_label=inf["reduce_zero_label"], seg_scale=tuple(inf["scale"]))
         data = build_seg_data(cfg, train=False)
-        mode, ratios, flip, how = eval_protocol(inf, args.multi_scale, args.flip)
+        mode, ratios, flip, how = eval_protocol(inf, args.multi_scale, args.flip, args.ratios)
         rt = Runtime(d, args.precision)
         metric = evaluate_segmenter(model, data.eval_batches(d.world, d.rank, ratios=ratios), rt, model.num_classes,
                                     data.class_names, mode=mode, crop=inf["crop"], stride=inf["stride"], flip=flip)

@@ -5,8 +5,9 @@
 For each input, DIR/overlay/<name>.png (the image with each class's colour blended over its pixels) and
 DIR/labels/<name>.png (the label map in the dataset's own encoding: ADE20K's 1..150, 0 never predicted), by the
 checkpoint's test protocol (its test scale, sliding window or whole image; --flip: and the mirrored image;
---multi-scale: ratios 0.5-1.75 and the mirrored image, as the paper's Table 4). An unreadable input is reported
-for that file while the others are processed; the exit code is then 1.
+--multi-scale: ratios 0.5-1.75 and the mirrored image, as the paper's Table 4; --ratios R ...: those ratios of
+the test scale). An unreadable input is reported for that file while the others are processed; the exit code is
+then 1.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays and label maps")
     p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 and flip (whole image at each scale)")
     p.add_argument("--flip", action="store_true", help="the single scale and its mirror image")
+    p.add_argument("--ratios", type=float, nargs="+", metavar="R", help="test at these ratios of the test "
+                   "scale (e.g. 0.75 1 1.25), probabilities averaged; with --flip also mirrored")
     common.add_device(p)
     common.add_json(p)
 
@@ -43,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     dev = common.device(args)
     model = load_segmenter(args.checkpoint, ema=args.ema).to(dev)
     inf = model.inference
-    mode, ratios, flip, _ = eval_protocol(inf, args.multi_scale, args.flip)
+    mode, ratios, flip, _ = eval_protocol(inf, args.multi_scale, args.flip, args.ratios)
     out = Path(args.out)
     (out / "overlay").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             top = ", ".join(f"{k} {100 * v:.0f}%" for k, v in list(found.items())[:5])
             print(f"{path}: {top} -> {out / 'overlay' / name}", flush=True)
     common.write_json(args.json, {"checkpoint": str(args.checkpoint), "segmenter": model.arch,
-                                  "multi_scale": args.multi_scale, "results": results})
+                                  "multi_scale": args.multi_scale, "ratios": list(ratios), "results": results})
     if failed:
         print(f"convnext segment: {failed} of {len(paths)} inputs could not be read", file=sys.stderr)
         return 1

@@ -14,7 +14,8 @@ window of a row or column moved back to end at the border, and averages the *log
 (the official ConvNeXt `_ss` configs: crop 512 / stride 341, 640 / 426 for the 22K models); "whole" runs the
 image at once (the `_ms` configs). The logits are resized to the original image (bilinear, align_corners=False)
 and softmaxed; multi-scale + flip (`--aug-test`: ratios 0.5-1.75, in whole mode) averages those probabilities
-over the scales and the mirrored image.
+over the scales and the mirrored image; other ratios (`convnext eval --ratios`) run in the checkpoint's own mode,
+as mmseg's aug_test does.
 """
 from __future__ import annotations
 
@@ -32,12 +33,21 @@ from convnext.segmentation.models import IGNORE_INDEX, resize
 MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg tools/test.py --aug-test
 
 
-def eval_protocol(inference: dict, multi_scale: bool = False,
-                  flip: bool = False) -> tuple[str, tuple, bool, str]:
+def eval_protocol(inference: dict, multi_scale: bool = False, flip: bool = False,
+                  ratios: Sequence[float] | None = None) -> tuple[str, tuple, bool, str]:
     """(mode, ratios, flip, its description) of a segmenter's test: its checkpoint's single-scale protocol (sliding
     windows or whole image at its test scale); with `flip` also the mirrored image at that scale (mmseg's
     MultiScaleFlipAug with img_ratios [1.0] and flip); with `multi_scale` the paper's Table 4 column, ratios
-    0.5-1.75 and flip, whole image at each scale (mmseg's --aug-test)."""
+    0.5-1.75 and flip, whole image at each scale (mmseg's --aug-test); with `ratios`, those ratios of the test scale
+    in the checkpoint's own mode (mmseg's img_ratios set by hand: a model trained at one scale may gain from ratios
+    near 1 where 0.5-1.75 loses), and the mirrored image with `flip`."""
+    if ratios:
+        if multi_scale:
+            raise UserError("--multi-scale is the paper's ratios 0.5-1.75; give either it or --ratios, not both")
+        if any(not (r > 0 and math.isfinite(r)) for r in ratios):
+            raise UserError(f"--ratios {' '.join(map(str, ratios))}: each ratio of the test scale must be > 0")
+        mode, ratios = inference["mode"], tuple(float(r) for r in ratios)
+        return mode, ratios, flip, f"ratios {', '.join(f'{r:g}' for r in ratios)}{' + flip' if flip else ''}, {mode}"
     if multi_scale:
         return "whole", MS_RATIOS, True, "multi-scale + flip"
     mode = inference["mode"]
