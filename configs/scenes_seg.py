@@ -43,8 +43,8 @@ the ADE20K recipe (configs/ade20k.py), and why:
   A subset of 50 held-out scenes is evaluated after each pass, all 500 at the end.
   Run as one process (`convnext train`), it sees half the images: batch 8 at the lr scaled to 3e-3.
 The bar set for it is mIoU >= 60 on the 500 held-out scenes in <= 15 minutes; what it reaches is RESULTS.md's,
-with what more steps reach (`train.total_steps=3600`, one process at batch 16: 55.69; before the crops went around
-objects, one process at batch 8 for 8,000 steps: 58.53, 60.02 with `convnext eval --flip`).
+with what more steps reach (one process at batch 16: `train.total_steps=3600` 55.69; `train.total_steps=5400`
+59.72, 60.94 with `convnext eval --flip`, 62.60 with `--ratios 0.75 1 1.25 --flip`: the bar at ~1.5x the time).
 """
 from convnext.config import Config, DataConfig, ModelConfig, OptimConfig, TrainConfig
 
