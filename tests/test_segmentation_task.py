@@ -28,7 +28,7 @@ TINY = {  # the demo's recipe, shrunk to seconds: 64 x 80 scenes seen at 32, a 1
     "data.batch_size": 2, "data.workers": 0, "data.seg_scale": (128, 32), "data.seg_crop_size": 32,
     "model.segmenter": ("channels=16", "aux_channels=8"), "model.init": "", "optim.warmup_steps": 2,
     "optim.lr": 1e-2, "optim.scale_lr": False, "train.total_steps": 0, "train.log_every": 1000,
-    "train.eval_subset": 0,
+    "train.eval_subset": 0, "data.seg_test_ratios": (1.0,), "data.seg_test_flip": False,  # `convnext eval`'s default
 }
 
 
@@ -118,6 +118,26 @@ def test_segment_and_eval_commands(run, scenes, tmp_path, capsys):
     assert main(["segment", str(next(images.iterdir())), "--checkpoint", str(out / "last.pt"), "--out",
                  str(tmp_path / "ratios"), "--ratios", "1", "1.25", "--json", str(tmp_path / "rs.json")]) == 0
     assert json.loads((tmp_path / "rs.json").read_text())["ratios"] == [1.0, 1.25]
+
+
+def test_the_run_evaluates_by_its_test_protocol_and_reads_subsets_at_one_scale(run, scenes):
+    """The task's full evaluation is the config's seg_test_ratios + seg_test_flip; a subset (the reading after each
+    pass) is the single scale, whatever the protocol, so that a multi-scale final test costs nothing per pass."""
+    from convnext.segmentation.task import Segmentation
+    out, _ = run
+    model = load_segmenter(out / "last.pt")
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape[-2:])))
+    cfg = _cfg(scenes, **{"data.seg_test_ratios": (1.0, 2.0), "data.seg_test_flip": True})
+    data = build_seg_data(cfg.data, train=False)
+    got = Segmentation().evaluate(model, data, Runtime())
+    want = evaluate_segmenter(model, data.eval_batches(1, 0, ratios=(1.0, 2.0)), Runtime(), 11, mode="whole",
+                              flip=True).summarize()
+    assert got["mIoU"] == pytest.approx(want["mIoU"])
+    assert len(seen) == 2 * 3 * 4 and {h for h, _ in seen} == {32, 64}  # 3 scenes x 2 ratios x flip, twice
+    seen.clear()
+    Segmentation().evaluate(model, data, Runtime(), limit=2)
+    assert len(seen) == 2 and {h for h, _ in seen} == {32}  # 2 scenes, the test scale only, no mirror
 
 
 def test_ade20k_configs_are_the_official_recipe():

@@ -58,9 +58,12 @@ class Segmentation(engine.Task):
 
     def evaluate(self, model: nn.Module, data, rt: Runtime, limit: int = 0) -> dict[str, float]:
         d = data.cfg
-        batches = data.eval_batches(rt.dist.world, rt.dist.rank, limit, d.seg_test_ratios)
+        # the config's test scales and flip for the full evaluation; a subset (the progress reading after each
+        # pass, train.eval_subset) at the single scale, so that a multi-scale protocol costs only the final one
+        ratios, flip = ((1.0,), False) if limit else (d.seg_test_ratios, d.seg_test_flip)
+        batches = data.eval_batches(rt.dist.world, rt.dist.rank, limit, ratios)
         metric = evaluate_segmenter(model, batches, rt, data.num_classes, data.class_names, mode=d.seg_test_mode,
-                                    crop=d.seg_crop_size, stride=d.seg_stride, flip=d.seg_test_flip)
+                                    crop=d.seg_crop_size, stride=d.seg_stride, flip=flip)
         return metric.summarize()
 
     def describe(self, data) -> str:
