@@ -251,6 +251,36 @@ def test_the_scenes_load_with_or_without_the_background_class(scenes):
     one_sentence(e, "classes.txt", "names 10 classes")
 
 
+@pytest.mark.parametrize("ratios", [(1.0, 1.0), (0.5, 2.0)])
+def test_the_cache_gives_the_same_samples(scenes, ratios, monkeypatch):
+    """data.seg_cache: pass after pass, the same batches as reading every file each time (at a fixed scale the kept
+    pairs are resized, with their object regions; under random rescaling only decoded), and the files are read once."""
+    kw = dict(seg_num_classes=11, seg_reduce_zero_label=False, seg_scale=(160, 40), seg_ratio_range=ratios,
+              seg_object_crop=0.5, seg_crop_size=32)
+    plain, cached = build_seg_data(cfg_for(scenes / "ade", **kw)), build_seg_data(cfg_for(scenes / "ade", **kw,
+                                                                                          seg_cache=True))
+    assert plain.cache is None and cached.cache == {}
+    for epoch in range(3):
+        a = list(plain.train_batches(epoch, range(2), accum=1, world=1, rank=0))
+        b = list(cached.train_batches(epoch, range(2), accum=1, world=1, rank=0))
+        assert len(a) == len(b) == 2
+        for (xa, ya), (xb, yb) in zip(a, b):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert sorted(cached.cache) == [0, 1, 2, 3]
+    fixed = ratios[0] == ratios[1]
+    assert all(p.resized == fixed and (p.regions is not None) == fixed for p in cached.cache.values())
+    if fixed:
+        assert all(p.label.shape == (40, 50) for p in cached.cache.values())  # 64 x 80 at the short side 40
+
+    def no_reading(path):
+        raise AssertionError(f"{path} read again")
+    monkeypatch.setattr("convnext.segmentation.data.read_image", no_reading)
+    assert len(list(cached.train_batches(3, range(2), accum=1, world=1, rank=0))) == 2
+    with pytest.raises(UserError) as e:
+        build_seg_data(cfg_for(scenes / "ade", **kw, seg_cache=True, workers=2))
+    one_sentence(e, "data.seg_cache", "data.workers=0")
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 

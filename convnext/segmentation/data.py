@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -125,18 +126,19 @@ def scaled_size(h: int, w: int, scale: tuple[int, int], ratio: float = 1.0) -> t
 
 
 def random_crop(img: torch.Tensor, label: torch.Tensor, crop: int, cat_max_ratio: float, rng: random.Random,
-                object_p: float = 0.0):
+                object_p: float = 0.0, regions: dict | None = None):
     """mmseg RandomCrop(crop_size=(crop, crop), cat_max_ratio): a random window (the whole side where the image is
     smaller); with cat_max_ratio < 1, up to 10 windows are drawn until one shows more than one class with none
     covering `cat_max_ratio` or more of its labelled pixels (255 not counted); after 10 misses the 11th is taken.
     Where the crop covers the whole image there is one window only, and re-drawing it would change nothing: it is
     taken at once (the same crop mmseg returns; 60% of a 128 px scene's data time went to those re-draws).
-    With probability `object_p` (not mmseg's; data.seg_object_crop) the window is `object_window`'s instead."""
+    With probability `object_p` (not mmseg's; data.seg_object_crop) the window is `object_window`'s instead
+    (`regions`: the label's `object_regions`, where they are kept from an earlier call)."""
     h, w = label.shape
     if h <= crop and w <= crop:
         return img, label
     if object_p > 0 and rng.random() < object_p:
-        y0, x0 = object_window(label, crop, rng)
+        y0, x0 = object_window(label, crop, rng, regions)
         return img[:, y0: y0 + crop, x0: x0 + crop], label[y0: y0 + crop, x0: x0 + crop]
 
     def window():
@@ -154,20 +156,33 @@ def random_crop(img: torch.Tensor, label: torch.Tensor, crop: int, cat_max_ratio
     return img[:, y0: y0 + crop, x0: x0 + crop], label[y0: y0 + crop, x0: x0 + crop]
 
 
-def object_window(label: torch.Tensor, crop: int, rng: random.Random) -> tuple[int, int]:
+def object_regions(label: torch.Tensor) -> dict[int, list[tuple[slice, slice]]]:
+    """{class: the bounding slices of each of its connected regions (8-connected)} of a label map, 255 aside."""
+    lab = label.numpy()
+    out = {}
+    for c in np.unique(lab).tolist():
+        if c != IGNORE_INDEX:
+            regions, _ = ndimage.label(lab == c, structure=np.ones((3, 3), bool))
+            out[c] = ndimage.find_objects(regions)
+    return out
+
+
+def object_window(label: torch.Tensor, crop: int, rng: random.Random,
+                  regions: dict | None = None) -> tuple[int, int]:
     """(y0, x0) of a crop x crop window around one object of `label` (H, W): a class present (255 aside) drawn
     uniformly, one of its connected regions (8-connected) drawn uniformly, and a window drawn uniformly among those
     that hold the region's whole extent on each axis (where the extent is larger than the window: among those
     inside it), moved into the image where it would stick out. nnU-Net's foreground oversampling, by region: a
-    crop that shows a whole object rather than pieces of several."""
-    lab = label.numpy()
-    classes = [int(c) for c in np.unique(lab) if c != IGNORE_INDEX]
-    if not classes:  # nothing labelled: any window
-        return rng.randint(0, max(lab.shape[0] - crop, 0)), rng.randint(0, max(lab.shape[1] - crop, 0))
-    regions, n = ndimage.label(lab == classes[rng.randrange(len(classes))], structure=np.ones((3, 3), bool))
-    box = ndimage.find_objects(regions)[rng.randrange(n)]
+    crop that shows a whole object rather than pieces of several. `regions`: `object_regions(label)`, if kept."""
+    regions = object_regions(label) if regions is None else regions
+    h, w = label.shape
+    if not regions:  # nothing labelled: any window
+        return rng.randint(0, max(h - crop, 0)), rng.randint(0, max(w - crop, 0))
+    classes = sorted(regions)
+    boxes = regions[classes[rng.randrange(len(classes))]]
+    box = boxes[rng.randrange(len(boxes))]
     start = []
-    for sl, size in zip(box, lab.shape):
+    for sl, size in zip(box, (h, w)):
         lo, hi = (sl.stop - crop, sl.start) if sl.stop - sl.start <= crop else (sl.start, sl.stop - crop)
         start.append(min(max(rng.randint(lo, hi), 0), max(size - crop, 0)))
     return start[0], start[1]
@@ -243,16 +258,38 @@ def train_transform(img: torch.Tensor, label: torch.Tensor, cfg, rng: random.Ran
     """The official train_pipeline: Resize(img_scale=seg_scale, ratio_range=seg_ratio_range, keep_ratio),
     RandomCrop(seg_crop_size, cat_max_ratio=seg_cat_max_ratio), RandomFlip(hflip), PhotoMetricDistortion (when
     seg_photometric), Normalize, Pad(seg_crop_size; label 255). uint8 (3, H, W) and (H, W) in, a normalised float
-    (3, crop, crop) image and a uint8 (crop, crop) label out."""
+    (3, crop, crop) image and a uint8 (crop, crop) label out; or a `Prepared` pair (data.seg_cache) and None, for
+    the same output from the same rng."""
     lo, hi = cfg.seg_ratio_range
     ratio = rng.random() * (hi - lo) + lo  # numpy random_sample() * (max - min) + min
-    img, label = resize_pair(img, label, scaled_size(*label.shape, cfg.seg_scale, ratio))
-    img, label = random_crop(img, label, cfg.seg_crop_size, cfg.seg_cat_max_ratio, rng, cfg.seg_object_crop)
+    img, label, regions = _resized(img, label, cfg, ratio)
+    img, label = random_crop(img, label, cfg.seg_crop_size, cfg.seg_cat_max_ratio, rng, cfg.seg_object_crop, regions)
     if rng.random() < cfg.hflip:
         img, label = img.flip(-1), label.flip(-1)
     if cfg.seg_photometric:
         img = photometric_distortion(img, rng)
     return pad_to(normalize(img), label, cfg.seg_crop_size)
+
+
+def _resized(img: torch.Tensor, label: torch.Tensor, cfg, ratio: float):
+    """train_transform's resize: (image, label, their object regions or None). A `Prepared` pair is already at the
+    fixed scale (data.seg_cache), with its regions."""
+    if isinstance(img, Prepared):
+        if img.resized:
+            return img.img, img.label, img.regions
+        img, label = img.img, img.label
+    img, label = resize_pair(img, label, scaled_size(*label.shape, cfg.seg_scale, ratio))
+    return img, label, None
+
+
+@dataclass
+class Prepared:
+    """A training pair as data.seg_cache keeps it: decoded, and where the scale is fixed (seg_ratio_range (1, 1))
+    resized with its object regions found, so that later passes start at the crop."""
+    img: torch.Tensor
+    label: torch.Tensor
+    resized: bool
+    regions: dict | None = None
 
 
 def eval_inputs(img: torch.Tensor, scale: tuple[int, int], ratios=(1.0,)) -> list[torch.Tensor]:
@@ -288,13 +325,23 @@ def scan_split(root: Path, split: str, skip: bool) -> tuple[list[tuple[str, str]
     return kept, missing
 
 
+def prepare(img: torch.Tensor, label: torch.Tensor, cfg) -> Prepared:
+    """What data.seg_cache keeps of a decoded training pair: at a fixed scale the resized pair and (with object
+    crops) its regions, the work every pass would repeat; else the decoded pair."""
+    if cfg.seg_ratio_range[0] != cfg.seg_ratio_range[1]:
+        return Prepared(img, label, resized=False)  # _resized resizes it at each draw's ratio
+    img, label = resize_pair(img, label, scaled_size(*label.shape, cfg.seg_scale, cfg.seg_ratio_range[0]))
+    return Prepared(img, label, resized=True, regions=object_regions(label) if cfg.seg_object_crop > 0 else None)
+
+
 class _Samples(Dataset):
     """(image path, label path) records; an index is (record, seed). Training gives (image, label): augmented with
     random.Random(seed), or as stored (normalised) when seed is None; evaluation gives (the test inputs at each
     ratio, the label at the original size). A file that cannot be used comes back as (None, path, reason)."""
 
-    def __init__(self, records: list[tuple[str, str]], cfg, train: bool, ratios=(1.0,)):
+    def __init__(self, records: list[tuple[str, str]], cfg, train: bool, ratios=(1.0,), cache: dict | None = None):
         self.records, self.cfg, self.train, self.ratios = records, cfg, train, tuple(ratios)
+        self.cache = cache  # data.seg_cache: record -> Prepared, filled as records are first read for training
 
     def __len__(self):
         return len(self.records)
@@ -303,6 +350,8 @@ class _Samples(Dataset):
         i, seed = key
         path, label_path = self.records[i]
         c = self.cfg
+        if self.train and seed is not None and self.cache is not None and i in self.cache:
+            return *train_transform(self.cache[i], None, c, random.Random(seed)), None
         try:
             img = read_image(path)
             label = read_label(label_path, tuple(img.shape[-2:]), c.seg_num_classes, c.seg_reduce_zero_label)
@@ -314,6 +363,9 @@ class _Samples(Dataset):
             return eval_inputs(img, c.seg_scale, self.ratios), label, None
         if seed is None:
             return normalize(img), label, None
+        if self.cache is not None:
+            self.cache[i] = prepared = prepare(img, label, c)
+            return *train_transform(prepared, None, c, random.Random(seed)), None
         return *train_transform(img, label, c, random.Random(seed)), None
 
 
@@ -363,7 +415,11 @@ class SegData:
                             f"(got {cfg.seg_crop_size}), data.seg_ratio_range 0 < min <= max "
                             f"(got {cfg.seg_ratio_range}) and data.seg_object_crop within 0..1 "
                             f"(got {cfg.seg_object_crop})")
+        if cfg.seg_cache and cfg.workers:
+            raise UserError(f"data.seg_cache keeps the training images in the process that reads them; it needs "
+                            f"data.workers=0 (got {cfg.workers}), or set data.seg_cache=false")
         self.cfg, self.seed, self.skipped = cfg, seed, 0
+        self.cache = {} if cfg.seg_cache else None  # record -> Prepared (data.seg_cache)
         self.num_classes = cfg.seg_num_classes
         self.class_names = class_names(root, cfg.seg_num_classes, cfg.seg_reduce_zero_label)
         evals, missing = scan_split(root, cfg.eval_split, cfg.skip_bad_images)
@@ -389,7 +445,7 @@ class SegData:
 
     def train_sample(self, i: int, seed: int | None = None):
         """Training record i as (image, label): normalised as stored when seed is None, else augmented."""
-        img, label, err = _Samples(self.train_records, self.cfg, True)[i, seed]
+        img, label, err = _Samples(self.train_records, self.cfg, True, cache=self.cache)[i, seed]
         if err is not None:
             self.skipped += check_bad_files([(label, err)], self.cfg.skip_bad_images)
             return None, None
@@ -400,7 +456,7 @@ class SegData:
         perm = epoch_permutation(self.num_train, self.seed, epoch).tolist()
         batches = [[(perm[p], sample_seed(self.seed, epoch, p)) for p in range(sl.start, min(sl.stop, len(perm)))]
                    for _, _, sl in micro_batch_slices(steps, accum, world, rank, self.cfg.batch_size)]
-        dataset = _Samples(self.train_records, self.cfg, True)
+        dataset = _Samples(self.train_records, self.cfg, True, cache=self.cache)
         for x, y, bad in load_files(dataset, [b for b in batches if b], _collate_train, self.cfg.workers):
             self.skipped += check_bad_files(bad, self.cfg.skip_bad_images)
             if x is not None:
