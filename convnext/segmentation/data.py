@@ -284,7 +284,7 @@ def _resized(img: torch.Tensor, label: torch.Tensor, cfg, ratio: float):
 
 @dataclass
 class Prepared:
-    """A training pair as data.seg_cache keeps it: decoded, and where the scale is fixed (seg_ratio_range (1, 1))
+    """A training pair as data.seg_cache keeps it: decoded, and where the scale is fixed (seg_ratio_range (r, r))
     resized with its object regions found, so that later passes start at the crop."""
     img: torch.Tensor
     label: torch.Tensor
