@@ -53,8 +53,8 @@ the ADE20K recipe (configs/ade20k.py), and why:
   scenes (`convnext data scenes --out data/scenes_tune --train 1 --val 500 --seed 1`), not on the held-out 500:
   a 4,000-step checkpoint scored there 56.24 at the single scale + flip, 57.34 at ratios 1, 1.25 + flip, 57.54 at
   0.75-1.25 + flip, 57.50 at 0.75-1.5 + flip, 55.92 at 1-1.5 + flip (RESULTS.md). `convnext eval --checkpoint
-  runs/scenes_seg/last.pt --data data/scenes/ade` reads a checkpoint at the single scale, `--ratios 0.75 1 1.25
-  --flip` as the run's own evaluation does.
+  runs/scenes_seg/last.pt --data data/scenes/ade` tests the checkpoint as its run did; `--ratios 1` at the single
+  scale alone.
 The bar set for it is mIoU >= 60 on the 500 held-out scenes in <= 15 minutes. Timed on 2026-12-08 (RESULTS.md):
 57.19 in 857 s (54.39 at the single scale), short of it. With the head 64 wide, 5,400 steps under torchrun took
 1,366 s for 59.60 single scale, 62.38 at these test ratios: the bar at ~1.5x the time.

@@ -195,7 +195,7 @@ def test_ade_layout_loader(tmp_path, capsys):
     assert (data.num_train, data.num_eval, data.num_classes) == (3, 2, 150)
     assert data.class_names == list(ADE20K_CLASSES) and data.class_names[0] == "wall"
     assert data.inference == {"scale": (128, 32), "mode": "slide", "crop": 32, "stride": 21,
-                              "reduce_zero_label": True}
+                              "reduce_zero_label": True, "ratios": (1.0,), "flip": False}
     img, label = data.train_sample(0)  # as stored: the bands, 0 -> 255, 1 -> 0, 150 -> 149
     assert img.shape == (3, 40, 56) and label[:, 0].eq(255).all() and label[:, -1].eq(149).all()
     batches = list(data.train_batches(0, range(1), accum=1, world=1, rank=0))

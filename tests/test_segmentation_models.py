@@ -189,7 +189,7 @@ def test_an_official_layout_checkpoint_loads(tmp_path):
     assert loaded.arch == "upernet_convnext_atto" and loaded.num_classes == 7 and not loaded.training
     assert loaded.class_names[:2] == ["wall", "bed"] and loaded.auxiliary_head.conv_seg.in_channels == 24
     assert loaded.inference == {"scale": (2048, 512), "mode": "slide", "crop": 512, "stride": 341,
-                                "reduce_zero_label": True}
+                                "reduce_zero_label": True, "ratios": (1.0,), "flip": False}
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x))

@@ -68,7 +68,7 @@ def test_a_checkpoint_rebuilds_the_segmenter(run):
     assert model.arch == "upernet_convnext_atto" and model.num_classes == 11 and not model.training
     assert model.class_names[0] == "background" and model.decode_head.conv_seg.in_channels == 16
     assert model.inference == {"scale": (128, 32), "mode": "whole", "crop": 32, "stride": 341,
-                               "reduce_zero_label": False}
+                               "reduce_zero_label": False, "ratios": (1.0,), "flip": False}
     sd = torch.load(out / "last.pt", weights_only=True)["model"]
     torch.testing.assert_close(model.state_dict()["decode_head.conv_seg.weight"], sd["decode_head.conv_seg.weight"])
 
@@ -120,7 +120,7 @@ def test_segment_and_eval_commands(run, scenes, tmp_path, capsys):
     assert json.loads((tmp_path / "rs.json").read_text())["ratios"] == [1.0, 1.25]
 
 
-def test_the_run_evaluates_by_its_test_protocol_and_reads_subsets_at_one_scale(run, scenes):
+def test_the_run_evaluates_by_its_test_protocol_and_reads_subsets_at_one_scale(run, scenes, tmp_path, capsys):
     """The task's full evaluation is the config's seg_test_ratios + seg_test_flip; a subset (the reading after each
     pass) is the single scale, whatever the protocol, so that a multi-scale final test costs nothing per pass."""
     from convnext.segmentation.task import Segmentation
@@ -138,6 +138,19 @@ def test_the_run_evaluates_by_its_test_protocol_and_reads_subsets_at_one_scale(r
     seen.clear()
     Segmentation().evaluate(model, data, Runtime(), limit=2)
     assert len(seen) == 2 and {h for h, _ in seen} == {32}  # 2 scenes, the test scale only, no mirror
+    # a checkpoint stores its run's test; `convnext eval` tests by it unless told otherwise (--ratios 1: single)
+    assert data.inference["ratios"] == (1.0, 2.0) and data.inference["flip"] is True
+    ckpt = torch.load(out / "last.pt", weights_only=True)
+    ckpt["meta"]["inference"] = data.inference
+    torch.save(ckpt, tmp_path / "ms.pt")
+    assert load_segmenter(tmp_path / "ms.pt").inference["ratios"] == (1.0, 2.0)
+    assert main(["eval", "--checkpoint", str(tmp_path / "ms.pt"), "--data", str(scenes), "--workers", "0", "--json",
+                 str(tmp_path / "ms.json")]) == 0
+    assert "ratios 1, 2 + flip, whole" in capsys.readouterr().out
+    assert json.loads((tmp_path / "ms.json").read_text())["mIoU"] == pytest.approx(got["mIoU"])
+    assert main(["eval", "--checkpoint", str(tmp_path / "ms.pt"), "--data", str(scenes), "--workers", "0", "--ratios",
+                 "1"]) == 0
+    assert "ratios 1, whole" in capsys.readouterr().out
 
 
 def test_ade20k_configs_are_the_official_recipe():

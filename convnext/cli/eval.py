@@ -1,8 +1,9 @@
 """`convnext eval`: top-1/top-5 of weights on an ImageNet-layout folder's val/ (or Fashion-MNIST's test set), with
 the official protocol and the weights' own preprocessing; or, for a detector's checkpoint, COCO box and mask AP on
 a COCO-format folder's val2017 (convnext/detection/evaluate.py); or, for a segmenter's, mIoU / mAcc / aAcc and
-per-class IoU on an ADE20K-layout folder's validation split, single scale by the checkpoint's protocol (--flip:
-and its mirror image), multi-scale + flip, or the scales of --ratios (convnext/segmentation/evaluate.py); or,
+per-class IoU on an ADE20K-layout folder's validation split, by the checkpoint's own test (its run's ratios and
+flip; --flip: and the mirror image), multi-scale + flip, or the scales of --ratios (`--ratios 1`: the single scale
+alone; convnext/segmentation/evaluate.py); or,
 with --suite, a robustness set of paper Table 8 (convnext/robustness.py). Correct under torchrun."""
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", help="detectors: the COCO split to evaluate (default val2017); segmenters: the "
                    "ADE20K-layout split (default validation)")
     p.add_argument("--multi-scale", action="store_true", help="segmenters: ratios 0.5-1.75 and flip (Table 4)")
-    p.add_argument("--flip", action="store_true", help="segmenters: the single scale and its mirror image")
+    p.add_argument("--flip", action="store_true", help="segmenters: also the mirror image")
     p.add_argument("--ratios", type=float, nargs="+", metavar="R", help="segmenters: test at these ratios of the test "
-                   "scale (e.g. 0.75 1 1.25), probabilities averaged; with --flip also mirrored")
+                   "scale (e.g. 0.75 1 1.25; 1: the single scale), probabilities averaged; with --flip also mirrored")
     p.add_argument("--detector", nargs="+", default=[], metavar="NAME=VALUE", help="detectors: settings replacing "
                    "the checkpoint's, test-time ones (e.g. rpn_post_nms_top_n_test=300 box_detections_per_img=50)")
     p.add_argument("--results", metavar="PATH", help="detectors: also write the detections as a COCO results json")
@@ -141,8 +142,9 @@ def run_detection(args: argparse.Namespace) -> int:
 
 def run_segmentation(args: argparse.Namespace) -> int:
     """mIoU, mAcc, aAcc and per-class IoU of a segmenter's checkpoint on DATA's `--split` (ADE20K layout), by the
-    checkpoint's single-scale protocol (with --flip, and the mirrored image), with --multi-scale ratios 0.5-1.75
-    with flip in whole mode, or with --ratios those ratios of the test scale (and --flip)."""
+    checkpoint's own test (its scale and mode, at its run's ratios and flip; with --flip, and the mirrored image),
+    with --multi-scale ratios 0.5-1.75 with flip in whole mode, or with --ratios those ratios of the test scale
+    (and --flip)."""
     d = distributed.setup(common.device(args))
     try:
         model = load_segmenter(args.checkpoint, ema=args.ema).to(d.device)

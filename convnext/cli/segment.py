@@ -4,10 +4,10 @@
 
 For each input, DIR/overlay/<name>.png (the image with each class's colour blended over its pixels) and
 DIR/labels/<name>.png (the label map in the dataset's own encoding: ADE20K's 1..150, 0 never predicted), by the
-checkpoint's test protocol (its test scale, sliding window or whole image; --flip: and the mirrored image;
---multi-scale: ratios 0.5-1.75 and the mirrored image, as the paper's Table 4; --ratios R ...: those ratios of
-the test scale). An unreadable input is reported for that file while the others are processed; the exit code is
-then 1.
+checkpoint's test protocol (its test scale, sliding window or whole image, its run's test ratios and flip; --flip:
+and the mirrored image; --multi-scale: ratios 0.5-1.75 and the mirrored image, as the paper's Table 4; --ratios
+R ...: those ratios of the test scale, `--ratios 1` the single scale alone). An unreadable input is reported for
+that file while the others are processed; the exit code is then 1.
 """
 from __future__ import annotations
 
@@ -35,9 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ema", action="store_true", help="the EMA weights of the checkpoint")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays and label maps")
     p.add_argument("--multi-scale", action="store_true", help="ratios 0.5-1.75 and flip (whole image at each scale)")
-    p.add_argument("--flip", action="store_true", help="the single scale and its mirror image")
+    p.add_argument("--flip", action="store_true", help="also the mirror image")
     p.add_argument("--ratios", type=float, nargs="+", metavar="R", help="test at these ratios of the test "
-                   "scale (e.g. 0.75 1 1.25), probabilities averaged; with --flip also mirrored")
+                   "scale (e.g. 0.75 1 1.25; 1: the single scale), probabilities averaged; with --flip also mirrored")
     common.add_device(p)
     common.add_json(p)
 

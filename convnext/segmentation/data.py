@@ -441,7 +441,8 @@ class SegData:
         # What a checkpoint stores for inference: mean/std; img_size is the test scale's short side
         self.preprocessing = Preprocessing(min(cfg.seg_scale), IMAGENET_MEAN, IMAGENET_STD, 1.0, 3, "bilinear")
         self.inference = {"scale": tuple(cfg.seg_scale), "mode": cfg.seg_test_mode, "crop": cfg.seg_crop_size,
-                          "stride": cfg.seg_stride, "reduce_zero_label": cfg.seg_reduce_zero_label}
+                          "stride": cfg.seg_stride, "reduce_zero_label": cfg.seg_reduce_zero_label,
+                          "ratios": tuple(cfg.seg_test_ratios), "flip": cfg.seg_test_flip}
 
     def train_sample(self, i: int, seed: int | None = None):
         """Training record i as (image, label): normalised as stored when seed is None, else augmented."""

@@ -35,9 +35,10 @@ MS_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmseg tools/test.py --aug-test
 
 def eval_protocol(inference: dict, multi_scale: bool = False, flip: bool = False,
                   ratios: Sequence[float] | None = None) -> tuple[str, tuple, bool, str]:
-    """(mode, ratios, flip, its description) of a segmenter's test: its checkpoint's single-scale protocol (sliding
-    windows or whole image at its test scale); with `flip` also the mirrored image at that scale (mmseg's
-    MultiScaleFlipAug with img_ratios [1.0] and flip); with `multi_scale` the paper's Table 4 column, ratios
+    """(mode, ratios, flip, its description) of a segmenter's test: by default its checkpoint's own (sliding
+    windows or whole image at its test scale, at the ratios of it and with the flip its run was tested with: a
+    single scale unless the run set data.seg_test_ratios / seg_test_flip); with `flip` also the mirrored image
+    (mmseg's MultiScaleFlipAug with flip); with `multi_scale` the paper's Table 4 column, ratios
     0.5-1.75 and flip, whole image at each scale (mmseg's --aug-test); with `ratios`, those ratios of the test scale
     in the checkpoint's own mode (mmseg's img_ratios set by hand: a model trained at one scale may gain from ratios
     near 1 where 0.5-1.75 loses), and the mirrored image with `flip`."""
@@ -50,8 +51,11 @@ def eval_protocol(inference: dict, multi_scale: bool = False, flip: bool = False
         return mode, ratios, flip, f"ratios {', '.join(f'{r:g}' for r in ratios)}{' + flip' if flip else ''}, {mode}"
     if multi_scale:
         return "whole", MS_RATIOS, True, "multi-scale + flip"
-    mode = inference["mode"]
-    return mode, (1.0,), flip, f"single scale{' + flip' if flip else ''}, {mode}"
+    mode, flip = inference["mode"], flip or bool(inference.get("flip", False))
+    ratios = tuple(float(r) for r in inference.get("ratios", (1.0,)))
+    if ratios != (1.0,):
+        return mode, ratios, flip, f"ratios {', '.join(f'{r:g}' for r in ratios)}{' + flip' if flip else ''}, {mode}"
+    return mode, ratios, flip, f"single scale{' + flip' if flip else ''}, {mode}"
 
 
 # ------------------------------------------------------------------------------------------------ inference

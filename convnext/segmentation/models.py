@@ -294,7 +294,8 @@ def segmenter_settings(items: tuple[str, ...] | list[str]) -> dict:
 
 def load_segmenter(path: str | os.PathLike, *, ema: bool = False, name: str | None = None) -> Segmenter:
     """A segmenter in eval mode from one of our checkpoints (a segmentation run's best.pt / last.pt), with
-    `model.class_names` and `model.inference` (test scale, sliding window, label encoding) from its meta; or from
+    `model.class_names` and `model.inference` (test scale, sliding window, label encoding, the run's test ratios and
+    flip) from its meta; or from
     an official mmseg checkpoint (`{"state_dict", "meta"}`, e.g. upernet_convnext_tiny_1k_512x512.pth): its keys
     are ours, its backbone is recognised from the weights' shapes (or `name`), and its inference settings are
     the official ADE20K ones for its crop size."""
@@ -313,6 +314,7 @@ def load_segmenter(path: str | os.PathLike, *, ema: bool = False, name: str | No
     model.class_names = list(meta.get("class_names") or [str(i) for i in range(meta["num_classes"])])
     model.inference = {**official_inference(), **(meta.get("inference") or {})}
     model.inference["scale"] = tuple(model.inference["scale"])
+    model.inference["ratios"] = tuple(model.inference["ratios"])
     return model.eval()
 
 
@@ -351,9 +353,10 @@ def _load_mmseg(path, sd: dict, meta: dict, name: str | None) -> Segmenter:
 
 
 def official_inference(crop: int = 512) -> dict:
-    """The official ADE20K test settings (single scale) for a training crop of 512 or 640 (the 22K models)."""
+    """The official ADE20K test settings (single scale) for a training crop of 512 or 640 (the 22K models); also
+    what a checkpoint written before its run's test ratios and flip were stored falls back to."""
     return {"scale": (4 * crop, crop), "mode": "slide", "crop": crop, "stride": 341 if crop == 512 else 426,
-            "reduce_zero_label": True}
+            "reduce_zero_label": True, "ratios": (1.0,), "flip": False}
 
 
 def count_segmenter_gmacs(model: Segmenter, height: int = 512, width: int = 2048) -> dict[str, float]:
