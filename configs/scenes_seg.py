@@ -43,8 +43,9 @@ the ADE20K recipe (configs/ade20k.py), and why:
   0.9 over 6 layers as ConvNeXt-T, poly to 0 after 100 warm-up steps from 1e-6 x lr; fp32. The steps fill the
   15 minutes on this machine as it ran on 2026-12-08 (RESULTS.md), with about a minute to spare: on a slower day
   the run takes longer (the earlier 1,800-step config left room for a machine 1.5x slower). `seg_cache`: each
-  scene is kept in memory after its first read, resized to 192 with its object regions found (~0.6 GB a process),
-  so that later passes start at the crop: ~4% more images per second, the same samples.
+  scene is kept in memory after its first read, resized to 192 with its object regions found (4,000 x 192 x 192 x
+  4 bytes, ~0.6 GB a process), so that later passes start at the crop: ~4% more images per second, the same
+  samples.
   A subset of 50 held-out scenes is evaluated after each pass (at the single scale), all 500 at the end.
   Run as one process (`convnext train`), it sees half the images: batch 8 at the lr scaled to 3e-3.
 - Tested whole at 192 at ratios 0.75, 1 and 1.25 of it, each with its mirror image (`seg_test_ratios`,
