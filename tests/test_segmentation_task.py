@@ -150,7 +150,7 @@ def test_the_run_evaluates_by_its_test_protocol_and_reads_subsets_at_one_scale(r
     assert json.loads((tmp_path / "ms.json").read_text())["mIoU"] == pytest.approx(got["mIoU"])
     assert main(["eval", "--checkpoint", str(tmp_path / "ms.pt"), "--data", str(scenes), "--workers", "0", "--ratios",
                  "1"]) == 0
-    assert "ratios 1, whole" in capsys.readouterr().out
+    assert "single scale, whole" in capsys.readouterr().out
 
 
 def test_ade20k_configs_are_the_official_recipe():

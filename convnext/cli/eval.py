@@ -3,8 +3,8 @@ the official protocol and the weights' own preprocessing; or, for a detector's c
 a COCO-format folder's val2017 (convnext/detection/evaluate.py); or, for a segmenter's, mIoU / mAcc / aAcc and
 per-class IoU on an ADE20K-layout folder's validation split, by the checkpoint's own test (its run's ratios and
 flip; --flip: and the mirror image), multi-scale + flip, or the scales of --ratios (`--ratios 1`: the single scale
-alone; convnext/segmentation/evaluate.py); or,
-with --suite, a robustness set of paper Table 8 (convnext/robustness.py). Correct under torchrun."""
+alone; convnext/segmentation/evaluate.py); or, with --suite, a robustness set of paper Table 8
+(convnext/robustness.py). Correct under torchrun."""
 from __future__ import annotations
 
 import argparse

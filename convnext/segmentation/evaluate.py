@@ -47,15 +47,13 @@ def eval_protocol(inference: dict, multi_scale: bool = False, flip: bool = False
             raise UserError("--multi-scale is the paper's ratios 0.5-1.75; give either it or --ratios, not both")
         if any(not (r > 0 and math.isfinite(r)) for r in ratios):
             raise UserError(f"--ratios {' '.join(map(str, ratios))}: each ratio of the test scale must be > 0")
-        mode, ratios = inference["mode"], tuple(float(r) for r in ratios)
-        return mode, ratios, flip, f"ratios {', '.join(f'{r:g}' for r in ratios)}{' + flip' if flip else ''}, {mode}"
-    if multi_scale:
+        ratios = tuple(float(r) for r in ratios)
+    elif multi_scale:
         return "whole", MS_RATIOS, True, "multi-scale + flip"
-    mode, flip = inference["mode"], flip or bool(inference.get("flip", False))
-    ratios = tuple(float(r) for r in inference.get("ratios", (1.0,)))
-    if ratios != (1.0,):
-        return mode, ratios, flip, f"ratios {', '.join(f'{r:g}' for r in ratios)}{' + flip' if flip else ''}, {mode}"
-    return mode, ratios, flip, f"single scale{' + flip' if flip else ''}, {mode}"
+    else:  # the checkpoint's own test
+        ratios, flip = tuple(float(r) for r in inference.get("ratios", (1.0,))), flip or bool(inference.get("flip"))
+    scales = "single scale" if ratios == (1.0,) else f"ratios {', '.join(f'{r:g}' for r in ratios)}"
+    return inference["mode"], ratios, flip, f"{scales}{' + flip' if flip else ''}, {inference['mode']}"
 
 
 # ------------------------------------------------------------------------------------------------ inference
